@@ -1,0 +1,81 @@
+"""Command line: `python -m enricher {run,feed,demo}`. Argument parsing only."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from enricher import __version__, logs, settings
+from enricher.loop import run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="enricher", description="Real-time options analytics for DeltaStream."
+    )
+    parser.add_argument("--version", action="version", version=f"enricher {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser(
+        "run",
+        help="run the daemon",
+        description="Consume the market:* channels and write every output of CONTRACT.md. "
+        "Each setting is a flag, or an environment variable; flags win.",
+    )
+    settings.add_arguments(run)
+
+    feed = commands.add_parser("feed", help="publish the synthetic DeltaStream feed")
+    feed.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://localhost:6379/0"))
+    feed.add_argument(
+        "--rate", type=float, default=1.0, help="feed loops per second (1 = the real feed's pace)"
+    )
+    feed.add_argument("--duration", type=float, default=None, help="seconds to run (default: until Ctrl-C)")
+    feed.add_argument(
+        "--burst",
+        type=int,
+        default=None,
+        metavar="N",
+        help="send N ticks, 6N quotes and N/5 chains as fast as possible, then exit",
+    )
+    feed.add_argument("--strikes", type=int, default=21, help="strikes per chain in --burst")
+    feed.add_argument("--seed", type=int, default=0)
+    feed.add_argument(
+        "--tz",
+        default=os.environ.get("ENRICHER_FEED_TZ", "UTC"),
+        help="timezone of the naive timestamps the feed writes",
+    )
+
+    demo = commands.add_parser("demo", help="the whole pipeline on embedded servers with the built-in feed")
+    demo.add_argument("--duration", type=float, default=None, help="seconds to run (default: until Ctrl-C)")
+    demo.add_argument("--rate", type=float, default=1.0, help="feed loops per second")
+    demo.add_argument("--every", type=float, default=2.0, help="seconds between summaries")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "run":
+        try:
+            config = settings.load(os.environ, args)
+        except ValueError as exc:
+            print(f"enricher: bad setting: {exc}", file=sys.stderr)
+            return 2
+        logs.configure(config.log_level, config.log_format)
+        from enricher.app import serve
+
+        return run(serve(config))
+    if args.command == "feed":
+        from enricher.feed.cli import run_feed
+
+        logs.configure("info")
+        return run(run_feed(args))
+    from enricher.demo import run_demo
+
+    logs.configure("warning")
+    return run(run_demo(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

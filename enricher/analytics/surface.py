@@ -1,0 +1,156 @@
+"""Per-product volatility surface, kept from the latest chain of each expiry and later quotes.
+
+A chain replaces its expiry's smile; a quote updates one strike of it. An update older than
+what it would replace is ignored, so out-of-order delivery can't roll the surface back. The
+IV at a strike is the mean of the call's and the put's where both are known. The snapshot has the contract's
+`volatility_surface:{product}` shape, plus `call_ivs`, `put_ivs` and `atm_iv` per expiry.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+import orjson
+
+from enricher.records import Chain, Quote
+
+
+@dataclass(slots=True)
+class Smile:
+    spot: float = math.nan
+    chain_time: float = -math.inf  # event time (epoch s) of the chain it came from
+    ivs: dict[float, list[float]] = field(default_factory=dict)  # strike -> [call iv, put iv, call t, put t]
+
+
+@dataclass(slots=True)
+class ProductSurface:
+    expiries: dict[str, Smile] = field(default_factory=dict)
+    timestamp: str = ""  # as received, of the newest update
+    newest: float = -math.inf  # its event time
+
+    def stamp(self) -> str:
+        """Orders snapshots for the cache's set-if-newer guard: fixed width, time order."""
+        return f"{self.newest:020.6f}"
+
+
+def _usable(iv: float | None) -> bool:
+    return iv is not None and math.isfinite(iv) and iv > 0.0
+
+
+class SurfaceBook:
+    def __init__(self, max_expiries: int = 12, max_strikes: int = 2000) -> None:
+        self._products: dict[str, ProductSurface] = {}
+        self._max_expiries = max_expiries
+        self._max_strikes = max_strikes
+
+    def apply_chain(self, chain: Chain, event_time: str) -> None:
+        surface = self._products.setdefault(chain.product, ProductSurface())
+        moment = chain.timestamp.timestamp()
+        held = surface.expiries.get(chain.expiry)
+        if held is not None and held.chain_time > moment:
+            return
+        smile = Smile(spot=chain.spot_price, chain_time=moment)
+        for strike, call_iv, put_iv in zip(
+            chain.strikes.tolist(), chain.call_iv.tolist(), chain.put_iv.tolist(), strict=True
+        ):
+            smile.ivs[strike] = [
+                call_iv if _usable(call_iv) else math.nan,
+                put_iv if _usable(put_iv) else math.nan,
+                moment,
+                moment,
+            ]
+        surface.expiries[chain.expiry] = smile
+        self._touch(surface, moment, event_time)
+        self._prune(surface, chain.timestamp.date())
+
+    def apply_quote(self, quote: Quote, event_time: str) -> None:
+        if quote.iv is None or not _usable(quote.iv):
+            return
+        surface = self._products.setdefault(quote.product, ProductSurface())
+        moment = quote.timestamp.timestamp()
+        smile = surface.expiries.get(quote.expiry)
+        if smile is None:
+            smile = surface.expiries[quote.expiry] = Smile()
+        pair = smile.ivs.get(quote.strike)
+        if pair is None:
+            if len(smile.ivs) >= self._max_strikes:
+                return  # bounded: a stream of odd strikes can't grow the surface
+            pair = smile.ivs[quote.strike] = [math.nan, math.nan, -math.inf, -math.inf]
+        side = 0 if quote.option_type == "CALL" else 1
+        if pair[2 + side] > moment:
+            return
+        pair[side] = quote.iv
+        pair[2 + side] = moment
+        self._touch(surface, moment, event_time)
+        self._prune(surface, quote.timestamp.date())
+
+    @staticmethod
+    def _touch(surface: ProductSurface, moment: float, event_time: str) -> None:
+        if moment >= surface.newest:
+            surface.newest = moment
+            surface.timestamp = event_time
+
+    def stamp(self, product: str) -> str:
+        return self._products[product].stamp()
+
+    def _prune(self, surface: ProductSurface, today: date) -> None:
+        stamp = today.isoformat()
+        expired = [expiry for expiry in surface.expiries if expiry < stamp]
+        for expiry in expired:
+            del surface.expiries[expiry]
+        while len(surface.expiries) > self._max_expiries:
+            del surface.expiries[max(surface.expiries)]
+
+    def snapshot(self, product: str) -> dict[str, Any] | None:
+        surface = self._products.get(product)
+        if surface is None:
+            return None
+        expiries = []
+        for expiry in sorted(surface.expiries):
+            smile = surface.expiries[expiry]
+            strikes, ivs, call_ivs, put_ivs = [], [], [], []
+            for strike in sorted(smile.ivs):
+                call_iv, put_iv = smile.ivs[strike][:2]
+                known = [iv for iv in (call_iv, put_iv) if not math.isnan(iv)]
+                if not known:
+                    continue
+                strikes.append(strike)
+                ivs.append(round(sum(known) / len(known), 6))
+                call_ivs.append(None if math.isnan(call_iv) else call_iv)
+                put_ivs.append(None if math.isnan(put_iv) else put_iv)
+            if not strikes:
+                continue
+            expiries.append(
+                {
+                    "expiry": expiry,
+                    "strikes": strikes,
+                    "ivs": ivs,
+                    "avg_iv": round(sum(ivs) / len(ivs), 4),
+                    "call_ivs": call_ivs,
+                    "put_ivs": put_ivs,
+                    "atm_iv": _nearest_iv(strikes, ivs, smile.spot),
+                }
+            )
+        return {"product": product, "timestamp": surface.timestamp, "expiries": expiries}
+
+    def points(self, snapshot: dict[str, Any], limit: int) -> list[tuple[bytes, float]]:
+        """Members for `iv_surface:{product}`: {"strike","iv","expiry"} JSON, score = strike."""
+        members: list[tuple[bytes, float]] = []
+        for smile in snapshot["expiries"]:
+            for strike, iv in zip(smile["strikes"], smile["ivs"], strict=True):
+                if len(members) >= limit:
+                    return members
+                members.append(
+                    (orjson.dumps({"strike": strike, "iv": iv, "expiry": smile["expiry"]}), strike)
+                )
+        return members
+
+
+def _nearest_iv(strikes: list[float], ivs: list[float], spot: float) -> float | None:
+    if math.isnan(spot):
+        return None
+    best = min(range(len(strikes)), key=lambda i: (abs(strikes[i] - spot), strikes[i]))
+    return ivs[best]

@@ -1,0 +1,240 @@
+"""Wires it up: clients → queues → source + workers → ordered drain at shutdown.
+
+The core runs without signals or a CLI: `async with Enricher(settings) as app:` starts it,
+and leaving the block (or `await app.stop()`) drains and flushes it. `serve()` adds the
+signal handling for `python -m enricher run`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from contextlib import AsyncExitStack
+from types import TracebackType
+from typing import Any, Self
+
+import structlog
+from pymongo import AsyncMongoClient
+from redis.asyncio import Redis
+
+from enricher.backoff import Backoff
+from enricher.cache import Cache
+from enricher.deadletter import DeadLetters
+from enricher.idempotency import Idempotency
+from enricher.intake import ChannelQueue, next_batch
+from enricher.metrics import Metrics
+from enricher.pipeline import Pipeline
+from enricher.pool import AnalyticsPool
+from enricher.records import CHANNELS
+from enricher.redact import redact_text, redact_url
+from enricher.settings import Settings
+from enricher.source import PubSubSource, Source
+from enricher.store import MongoStore
+
+log = structlog.get_logger("enricher")
+
+
+class Enricher:
+    def __init__(self, settings: Settings, *, source: Source | None = None) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.source: Source = source or PubSubSource(settings.redis_url, CHANNELS, self.metrics)
+        self.store: MongoStore | None = None
+        self.queues: dict[str, ChannelQueue] = {}
+        self._stack = AsyncExitStack()
+        self._workers: list[asyncio.Task[None]] = []
+        self._services: list[asyncio.Task[None]] = []
+        self._intake: asyncio.Task[None] | None = None
+        self._stop_lock = asyncio.Lock()
+        self._stopped = False
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    async def start(self, ready_timeout: float = 30.0) -> None:
+        s = self.settings
+        log.info("starting", settings=s.redacted())
+        self.redis = Redis.from_url(s.redis_url)  # writes; the source reads on its own connection
+        self._stack.push_async_callback(self.redis.aclose)
+        self.dead_letters = DeadLetters(self.redis, self.metrics, max_len=s.dlq_max)
+        self.idempotency = Idempotency(self.redis, inflight_ttl=s.idem_inflight_ttl, done_ttl=s.idem_done_ttl)
+        if s.persist:
+            self.mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+                s.mongo_url,
+                tz_aware=True,
+                serverSelectionTimeoutMS=int(s.mongo_timeout * 1000),
+                appname="enricher",
+            )
+            self._stack.push_async_callback(self.mongo.close)
+            self.store = MongoStore(
+                self.mongo[s.mongo_db],
+                metrics=self.metrics,
+                dead_letters=self.dead_letters,
+                on_durable=self.idempotency.mark_done,
+                flush_interval=s.flush_interval,
+                max_docs=s.flush_max_docs,
+                buffer_max=s.store_buffer_max,
+            )
+        self.pool = AnalyticsPool(s.pool_workers, s.pool_min_strikes, self.metrics)
+        self._stack.callback(self.pool.close)
+        await self.pool.start()
+        self.pipeline = Pipeline(
+            s,
+            cache=Cache(self.redis),
+            idempotency=self.idempotency,
+            store=self.store,
+            dead_letters=self.dead_letters,
+            pool=self.pool,
+            metrics=self.metrics,
+        )
+        for channel in CHANNELS:
+            queue = ChannelQueue(channel, s.queue_size, s.overflow(channel), self.metrics, self.dead_letters)
+            self.queues[channel] = queue
+            for index in range(s.workers):
+                self._workers.append(asyncio.create_task(self._work(queue), name=f"worker:{channel}:{index}"))
+        self._services.append(asyncio.create_task(self.dead_letters.run(), name="deadletters"))
+        if self.store is not None:
+            self._services.append(asyncio.create_task(self.store.run(), name="store"))
+            self._services.append(asyncio.create_task(self._create_indexes(), name="indexes"))
+        self._intake = asyncio.create_task(self._read(), name="intake")
+        await self._until_ready(ready_timeout)
+        log.info("ready", channels=list(CHANNELS), workers=s.workers, pool=s.pool_workers, persist=s.persist)
+
+    async def _until_ready(self, timeout: float) -> None:
+        waits = [self.source.ready.wait()]
+        if self.store is not None:
+            waits.append(self.store.indexes_ready.wait())
+        ready: asyncio.Future[Any] = asyncio.ensure_future(asyncio.gather(*waits))
+        assert self._intake is not None
+        watched: list[asyncio.Future[Any]] = [ready, self._intake]
+        done, _ = await asyncio.wait(watched, timeout=timeout, return_when="FIRST_COMPLETED")
+        if self._intake in done:
+            ready.cancel()
+            self._intake.result()  # the source died: raise its error here
+        elif ready not in done:
+            ready.cancel()
+            log.warning("not_ready_yet", timeout_s=timeout, note="continuing; Redis or MongoDB is slow to answer")
+
+    async def _create_indexes(self) -> None:
+        assert self.store is not None
+        backoff = Backoff(base=0.2, cap=10.0)
+        while True:
+            try:
+                await self.store.ensure_indexes()
+                return
+            except Exception as exc:  # MongoDB not reachable yet: the live path runs meanwhile
+                log.warning("index_creation_failed", error=redact_text(str(exc))[:300])
+                await asyncio.sleep(backoff.next_delay())
+
+    async def _read(self) -> None:
+        queues = self.queues
+        async for message in self.source.messages():
+            queues[message.channel].offer(message)
+
+    async def _work(self, queue: ChannelQueue) -> None:
+        handle, limit, channel = self.pipeline.handle, self.settings.batch_max, queue.channel
+        while True:
+            batch = await next_batch(queue.queue, limit)
+            try:
+                await handle(channel, batch)
+            except Exception:  # a bug in the pipeline: log it, keep the worker alive
+                log.exception("batch_failed", channel=channel, size=len(batch))
+                for raw in batch:
+                    self.dead_letters.reject(
+                        channel, raw.data, "internal_error", "unexpected error; see logs"
+                    )
+            finally:
+                for _ in batch:
+                    queue.queue.task_done()
+
+    async def wait(self, stop: asyncio.Event) -> None:
+        """Run until `stop` is set; if the intake dies first, stop and raise its error."""
+        assert self._intake is not None
+        stopper = asyncio.ensure_future(stop.wait())
+        done, _ = await asyncio.wait([stopper, self._intake], return_when="FIRST_COMPLETED")
+        stopper.cancel()
+        if self._intake in done and not stop.is_set():
+            error = self._intake.exception()
+            if error is not None:
+                raise error
+
+    async def stop(self) -> None:
+        async with self._stop_lock:
+            if self._stopped:
+                return
+            self._stopped = True
+            await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        deadline = time.monotonic() + self.settings.grace_period
+
+        def remaining() -> float:
+            return max(0.0, deadline - time.monotonic())
+
+        log.info("stopping", grace_s=self.settings.grace_period)
+        await self.source.stop()
+        if self._intake is not None:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(self._intake), remaining())
+            self._intake.cancel()
+        drains = [asyncio.ensure_future(queue.queue.join()) for queue in self.queues.values()]
+        if drains:
+            await asyncio.wait(drains, timeout=remaining())
+        for task in drains:
+            task.cancel()
+        await _cancel(self._workers)
+        cut_off = 0
+        for queue in self.queues.values():
+            for raw in queue.take_all():
+                cut_off += 1
+                self.dead_letters.reject(
+                    queue.channel, raw.data, "shutdown", "not processed before the deadline"
+                )
+        if self.store is not None:
+            left = await self.store.flush(deadline)
+            for entry in self.store.take_all():
+                self.dead_letters.reject(
+                    entry.channel, entry.raw, "shutdown", "not stored before the deadline"
+                )
+            cut_off += left
+        await _cancel(self._services)
+        if self.dead_letters.pending and not await self.dead_letters.write_pending():
+            log.error(
+                "dead_letters_lost_at_exit", count=self.dead_letters.pending, reason="Redis unreachable"
+            )
+        await self._stack.aclose()
+        log.info("stopped", cut_off=cut_off, summary=self.metrics.summary())
+
+
+async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    for task, result in zip(tasks, results, strict=True):
+        if isinstance(result, Exception):
+            log.error("task_failed", task=task.get_name(), error=repr(result))
+    tasks.clear()
+
+
+async def serve(settings: Settings) -> int:
+    """`python -m enricher run`: SIGTERM or SIGINT stops intake, drains, flushes, exits 0."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        async with Enricher(settings) as app:
+            await app.wait(stop)
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+    log.info("exit", redis=redact_url(settings.redis_url))
+    return 0

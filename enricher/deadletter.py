@@ -1,0 +1,128 @@
+"""Dead-letter records: every message that can't be processed lands in `dlq:enrichment`.
+
+Records are queued in memory and written by a background task, so the subscriber and the
+workers never wait on Redis to give up a message. If Redis is down the records wait in a
+bounded buffer; what that bound pushes out is counted and logged, never silent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Final
+
+import orjson
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from enricher import __version__
+from enricher.metrics import Metrics
+
+DLQ_KEY: Final = "dlq:enrichment"
+log = structlog.get_logger("enricher.deadletter")
+
+
+def payload_fields(data: bytes) -> dict[str, str]:
+    """The raw payload exactly: as text when it is UTF-8, else base64 (for replay)."""
+    try:
+        return {"payload": data.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {"payload_b64": base64.b64encode(data).decode("ascii")}
+
+
+def payload_bytes(record: dict[str, Any]) -> bytes:
+    if "payload_b64" in record:
+        return base64.b64decode(record["payload_b64"])
+    return str(record.get("payload", "")).encode("utf-8")
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    channel: str
+    data: bytes
+    error_type: str  # a reason code for bad input, else the exception's class name
+    error: str
+    attempts: int
+    first_seen: float
+    last_seen: float
+
+    def to_json(self) -> bytes:
+        record: dict[str, Any] = {
+            "channel": self.channel,
+            **payload_fields(self.data),
+            "error_type": self.error_type,
+            "error": self.error,
+            "attempts": self.attempts,
+            "first_seen": _iso(self.first_seen),
+            "last_seen": _iso(self.last_seen),
+            "enricher_version": __version__,
+            # The old service's field names, kept so its DLQ tooling still reads ours.
+            "task_name": f"enrich:{self.channel}",
+            "timestamp": _iso(self.last_seen),
+        }
+        return orjson.dumps(record)
+
+
+def _iso(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{int(epoch % 1 * 1e6):06d}Z"
+
+
+class DeadLetters:
+    def __init__(self, redis: Redis, metrics: Metrics, *, max_len: int, buffer_max: int = 50000) -> None:
+        self._redis = redis
+        self._metrics = metrics
+        self._max_len = max_len
+        self._pending: deque[DeadLetter] = deque()
+        self._buffer_max = buffer_max
+        self._wake = asyncio.Event()
+
+    def add(self, letter: DeadLetter) -> None:
+        if len(self._pending) >= self._buffer_max:
+            self._pending.popleft()
+            self._metrics.event("dlq_buffer_overflow")
+            log.error("dlq_buffer_overflow", buffered=len(self._pending), note="oldest record dropped")
+        self._pending.append(letter)
+        self._metrics.event("dead_lettered")
+        self._wake.set()
+
+    def reject(self, channel: str, data: bytes, error_type: str, error: str, attempts: int = 1) -> None:
+        now = time.time()
+        self.add(DeadLetter(channel, data, error_type, error, attempts, now, now))
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    async def run(self, retry_delay: float = 0.5) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                if not await self.write_pending():
+                    await asyncio.sleep(retry_delay)
+
+    async def write_pending(self) -> bool:
+        """Write what is buffered; False if Redis is unreachable (the records stay buffered)."""
+        # Take the records out first: add() may push the oldest out while we await.
+        batch = [self._pending.popleft() for _ in range(len(self._pending))]
+        if not batch:
+            return True
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.lpush(DLQ_KEY, *(letter.to_json() for letter in batch))
+                pipe.llen(DLQ_KEY)
+                pipe.ltrim(DLQ_KEY, 0, self._max_len - 1)
+                _, length, _ = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            self._pending.extendleft(reversed(batch))
+            log.warning("dlq_write_failed", error=str(exc), buffered=len(self._pending))
+            return False
+        trimmed = max(0, int(length) - self._max_len)
+        if trimmed:
+            self._metrics.event("dlq_trimmed", trimmed)
+            log.warning("dlq_trimmed", dropped=trimmed, max_len=self._max_len)
+        return True

@@ -1,0 +1,81 @@
+"""Bounded per-channel queues between the source and the workers.
+
+The reader must never await a full queue: the backlog would move into Redis's pub/sub output
+buffer, and Redis cuts a subscriber off at 32 MB (`client-output-buffer-limit pubsub`). So
+`offer()` never blocks, and a full queue applies the channel's policy:
+
+- `deadletter` (default): the new message goes to `dlq:enrichment` with error `queue_full`,
+  where `enricher dlq replay` can process it later. Nothing is lost.
+- `drop_newest`: the new message is dropped, counted and logged.
+- `drop_oldest`: the oldest queued message is dropped, counted and logged; the new one queues.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+
+from enricher.deadletter import DeadLetters
+from enricher.metrics import DROPPED, OVERFLOW, RECEIVED, Metrics
+from enricher.source import RawMessage
+
+log = structlog.get_logger("enricher.intake")
+
+
+class ChannelQueue:
+    def __init__(
+        self, channel: str, capacity: int, policy: str, metrics: Metrics, dead_letters: DeadLetters
+    ) -> None:
+        self.channel = channel
+        self.capacity = capacity
+        self.policy = policy
+        self.queue: asyncio.Queue[RawMessage] = asyncio.Queue(capacity)
+        self._metrics = metrics
+        self._dead = dead_letters
+        self._overflows = 0
+
+    def offer(self, message: RawMessage) -> None:
+        metrics = self._metrics
+        metrics.count(self.channel, RECEIVED)
+        metrics.last_message_at[self.channel] = message.received_at
+        try:
+            self.queue.put_nowait(message)
+            return
+        except asyncio.QueueFull:
+            pass
+        metrics.count(self.channel, OVERFLOW)
+        self._overflows += 1
+        if self._overflows == 1 or self._overflows % 1000 == 0:
+            log.warning("queue_full", channel=self.channel, policy=self.policy, overflows=self._overflows)
+        if self.policy == "deadletter":
+            self._dead.reject(self.channel, message.data, "queue_full", f"queue of {self.capacity} full")
+        elif self.policy == "drop_newest":
+            metrics.count(self.channel, DROPPED)
+        else:
+            self.queue.get_nowait()
+            self.queue.task_done()
+            metrics.count(self.channel, DROPPED)
+            self.queue.put_nowait(message)
+
+    def depth(self) -> int:
+        return self.queue.qsize()
+
+    def take_all(self) -> list[RawMessage]:
+        """At the hard deadline: what is still queued, for dead-lettering."""
+        left = []
+        while not self.queue.empty():
+            left.append(self.queue.get_nowait())
+            self.queue.task_done()
+        return left
+
+
+async def next_batch(queue: asyncio.Queue[RawMessage], limit: int) -> list[RawMessage]:
+    """Wait for one message, then take whatever else is already queued, up to `limit`."""
+    batch = [await queue.get()]
+    while len(batch) < limit:
+        try:
+            batch.append(queue.get_nowait())
+        except asyncio.QueueEmpty:
+            break
+    return batch

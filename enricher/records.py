@@ -1,0 +1,105 @@
+"""Typed records: what a valid input message becomes after parsing at the edge.
+
+Both feed providers (synthetic and GlobalDataFeeds) normalise into these, so nothing
+past `messages.parse` knows which provider sent a message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+UNDERLYING: Final = "market:underlying"
+OPTION_QUOTE: Final = "market:option_quote"
+OPTION_CHAIN: Final = "market:option_chain"
+CHANNELS: Final = (UNDERLYING, OPTION_QUOTE, OPTION_CHAIN)
+
+FloatArray = npt.NDArray[np.float64]
+Json = dict[str, Any]
+
+
+def utc_iso(moment: datetime) -> str:
+    """One spelling of an instant, used in identities so naive and offset forms collide."""
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """One price of an index or stock."""
+
+    product: str
+    price: float
+    timestamp: datetime  # aware, UTC
+    tick_id: int
+    doc: Json  # the payload as received (JSON types, timestamp still a string)
+
+    @property
+    def identity(self) -> str:
+        # tick_id alone restarts at 0 with the feed (CONTRACT §6); the time makes it unique.
+        return f"{self.product}:{self.tick_id}:{utc_iso(self.timestamp)}"
+
+
+@dataclass(frozen=True, slots=True)
+class Quote:
+    """One option's quote, in the synthetic provider's field names."""
+
+    symbol: str
+    product: str
+    expiry: str  # YYYY-MM-DD
+    strike: float
+    option_type: str  # CALL or PUT
+    bid: float
+    ask: float
+    last: float
+    volume: int
+    open_interest: int
+    iv: float | None  # the feed's own IV, as a fraction; kept, never trusted
+    timestamp: datetime  # aware, UTC
+    doc: Json  # normalised quote: every input field, plus the canonical names
+
+    @property
+    def identity(self) -> str:
+        return f"{self.symbol}:{utc_iso(self.timestamp)}"
+
+
+@dataclass(frozen=True, slots=True)
+class Chain:
+    """A whole chain for one product and expiry, as arrays aligned on sorted strikes.
+
+    A strike with no call (or put) row has OI and volume 0 and a NaN price and IV.
+    """
+
+    product: str
+    expiry: str  # YYYY-MM-DD
+    spot_price: float
+    timestamp: datetime  # aware, UTC
+    strikes: FloatArray  # ascending, unique
+    call_oi: FloatArray
+    put_oi: FloatArray
+    call_volume: FloatArray
+    put_volume: FloatArray
+    call_last: FloatArray
+    put_last: FloatArray
+    call_iv: FloatArray  # the feed's own IVs, as fractions
+    put_iv: FloatArray
+    doc: Json  # normalised chain: every input field (calls and puts included)
+
+    @property
+    def identity(self) -> str:
+        return f"{self.product}:{self.expiry}:{utc_iso(self.timestamp)}"
+
+
+Record = Tick | Quote | Chain
+
+
+class InvalidMessage(ValueError):
+    """A message that can never be processed. `reason` is a stable, documented code."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail

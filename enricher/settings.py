@@ -1,0 +1,161 @@
+"""The one frozen Settings object, read once at the edge from the environment and CLI flags.
+
+Each field carries its environment variable and help text, so `run --help`, the README
+table and the parser cannot drift apart (a test checks the README against `FIELDS`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from enricher.records import OPTION_CHAIN, OPTION_QUOTE, UNDERLYING
+
+OVERFLOW_POLICIES: Final = ("deadletter", "drop_newest", "drop_oldest")
+
+
+def _setting(default: Any, env: str, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    return field(default=default, metadata={"env": env, "help": help, "choices": choices})
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    redis_url: str = _setting("redis://localhost:6379/0", "REDIS_URL", "Redis for input, cache and publishes")
+    mongo_url: str = _setting("mongodb://localhost:27017", "MONGO_URL", "MongoDB to persist to")
+    mongo_db: str = _setting("deltastream", "ENRICHER_MONGO_DB", "MongoDB database name")
+    persist: bool = _setting(True, "ENRICHER_PERSIST", "write to MongoDB; false = cache and publish only")
+    feed_tz: str = _setting("UTC", "ENRICHER_FEED_TZ", "timezone of naive feed timestamps (IANA name)")
+    workers: int = _setting(2, "ENRICHER_WORKERS", "coroutine workers per channel")
+    queue_size: int = _setting(20000, "ENRICHER_QUEUE_SIZE", "capacity of each channel's queue")
+    overflow_underlying: str = _setting(
+        "deadletter", "ENRICHER_OVERFLOW_UNDERLYING", "full-queue policy for ticks", OVERFLOW_POLICIES
+    )
+    overflow_quote: str = _setting(
+        "deadletter", "ENRICHER_OVERFLOW_QUOTE", "full-queue policy for quotes", OVERFLOW_POLICIES
+    )
+    overflow_chain: str = _setting(
+        "deadletter", "ENRICHER_OVERFLOW_CHAIN", "full-queue policy for chains", OVERFLOW_POLICIES
+    )
+    batch_max: int = _setting(500, "ENRICHER_BATCH_MAX", "most messages a worker takes at once")
+    pool_workers: int = _setting(1, "ENRICHER_POOL_WORKERS", "analytics processes; 0 = inline")
+    pool_min_strikes: int = _setting(
+        2000, "ENRICHER_POOL_MIN_STRIKES", "chain batches with fewer strikes in all run inline"
+    )
+    flush_interval: float = _setting(0.05, "ENRICHER_FLUSH_INTERVAL", "seconds a MongoDB write may wait")
+    flush_max_docs: int = _setting(1000, "ENRICHER_FLUSH_MAX_DOCS", "documents per insert_many")
+    store_buffer_max: int = _setting(
+        200000, "ENRICHER_STORE_BUFFER_MAX", "documents held while MongoDB is down; then dead-lettered"
+    )
+    retry_attempts: int = _setting(8, "ENRICHER_RETRY_ATTEMPTS", "tries for a transient error, then DLQ")
+    retry_base: float = _setting(0.05, "ENRICHER_RETRY_BASE", "first backoff ceiling, seconds")
+    retry_cap: float = _setting(5.0, "ENRICHER_RETRY_CAP", "largest backoff, seconds")
+    cache_ttl: int = _setting(300, "ENRICHER_CACHE_TTL", "seconds the latest:* keys live")
+    idem_inflight_ttl: float = _setting(
+        30.0, "ENRICHER_IDEM_INFLIGHT_TTL", "seconds an in-progress mark holds off a redelivery"
+    )
+    idem_done_ttl: int = _setting(3600, "ENRICHER_IDEM_DONE_TTL", "seconds a done mark filters duplicates")
+    iv_surface_max: int = _setting(2000, "ENRICHER_IV_SURFACE_MAX", "most members of iv_surface:{product}")
+    dlq_max: int = _setting(100000, "ENRICHER_DLQ_MAX", "most records kept in dlq:enrichment")
+    max_message_bytes: int = _setting(1 << 20, "ENRICHER_MAX_MESSAGE_BYTES", "larger payloads are rejected")
+    max_strikes: int = _setting(2000, "ENRICHER_MAX_STRIKES", "chains with more strikes are rejected")
+    mongo_timeout: float = _setting(5.0, "ENRICHER_MONGO_TIMEOUT", "seconds to find a MongoDB server")
+    grace_period: float = _setting(10.0, "ENRICHER_GRACE_PERIOD", "seconds to drain and flush at shutdown")
+    log_level: str = _setting(
+        "info", "ENRICHER_LOG_LEVEL", "log level", ("debug", "info", "warning", "error")
+    )
+    log_format: str = _setting(
+        "auto", "ENRICHER_LOG_FORMAT", "auto, json or console", ("auto", "json", "console")
+    )
+
+    def __post_init__(self) -> None:
+        for spec in dataclasses.fields(self):
+            choices = spec.metadata["choices"]
+            if choices and getattr(self, spec.name) not in choices:
+                raise ValueError(f"{spec.name} must be one of {', '.join(choices)}")
+        positive = (
+            "workers", "queue_size", "batch_max", "flush_max_docs", "cache_ttl", "idem_done_ttl",
+            "retry_attempts", "store_buffer_max", "dlq_max",
+        )  # fmt: skip
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.pool_workers < 0:
+            raise ValueError("pool_workers must be 0 (inline) or more")
+        try:
+            ZoneInfo(self.feed_tz)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"feed_tz: unknown timezone {self.feed_tz!r}") from exc
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.feed_tz)
+
+    def overflow(self, channel: str) -> str:
+        policies = {
+            UNDERLYING: self.overflow_underlying,
+            OPTION_QUOTE: self.overflow_quote,
+            OPTION_CHAIN: self.overflow_chain,
+        }
+        return policies[channel]
+
+    def redacted(self) -> dict[str, Any]:
+        from enricher.redact import redact_url
+
+        values = dataclasses.asdict(self)
+        values["redis_url"] = redact_url(self.redis_url)
+        values["mongo_url"] = redact_url(self.mongo_url)
+        return values
+
+
+FIELDS: Final = dataclasses.fields(Settings)
+
+
+def _convert(spec: dataclasses.Field[Any], text: str) -> Any:
+    kind: type[Any] = type(spec.default)
+    if kind is bool:
+        lowered = text.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{spec.metadata['env']}: expected true or false, got {text!r}")
+    try:
+        return kind(text)
+    except ValueError as exc:
+        raise ValueError(f"{spec.metadata['env']}: expected {kind.__name__}, got {text!r}") from exc
+
+
+def flag(spec: dataclasses.Field[Any]) -> str:
+    return "--" + spec.name.replace("_", "-")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting; the default shown is the built-in one, the env var overrides it."""
+    for spec in FIELDS:
+        env, text = spec.metadata["env"], spec.metadata["help"]
+        parser.add_argument(
+            flag(spec),
+            dest=spec.name,
+            default=None,
+            metavar=type(spec.default).__name__.upper(),
+            choices=spec.metadata["choices"],
+            help=f"{text} (env {env}, default {spec.default})",
+        )
+
+
+def load(environ: Mapping[str, str], args: argparse.Namespace | None = None, **overrides: Any) -> Settings:
+    """Defaults < environment < CLI flags < keyword overrides (tests, demo)."""
+    values: dict[str, Any] = {}
+    for spec in FIELDS:
+        env = spec.metadata["env"]
+        given = getattr(args, spec.name, None) if args is not None else None
+        if given is not None:
+            values[spec.name] = _convert(spec, str(given))
+        elif env in environ:
+            values[spec.name] = _convert(spec, environ[env])
+    values.update(overrides)
+    return Settings(**values)

@@ -1,0 +1,205 @@
+"""MongoDB persistence: batched, unordered inserts through PyMongo's async API.
+
+Workers hand documents over with `add()`, which never waits. One flusher task writes them
+in `insert_many(ordered=False)` batches after a short linger, so a trickle still batches and
+a burst fills whole batches. Each document's `_id` is its message's content identity, so the
+unique `_id` index makes a redelivered message a harmless duplicate-key error (code 11000).
+
+Only after MongoDB acknowledges a batch are its idempotency marks set to done. A transient
+error (network, server selection, a restart) keeps the batch buffered and retries it with
+backoff; the buffer is bounded, and what overflows is dead-lettered with its raw payload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import structlog
+from pymongo import ASCENDING, DESCENDING, IndexModel
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import BulkWriteError, PyMongoError
+
+from enricher.backoff import Backoff
+from enricher.deadletter import DeadLetters
+from enricher.errors import is_transient
+from enricher.metrics import Metrics
+from enricher.redact import redact_text
+
+log = structlog.get_logger("enricher.store")
+
+TICKS: Final = "underlying_ticks"
+QUOTES: Final = "option_quotes"
+CHAINS: Final = "option_chains"
+
+# CONTRACT.md §5: the indexes the readers rely on. `_id` (the identity) is the unique one.
+INDEXES: Final[dict[str, list[IndexModel]]] = {
+    TICKS: [
+        IndexModel([("product", ASCENDING), ("timestamp", DESCENDING)]),
+        IndexModel([("timestamp", DESCENDING)]),
+    ],
+    QUOTES: [
+        IndexModel([("symbol", ASCENDING), ("timestamp", DESCENDING)]),
+        IndexModel([("product", ASCENDING), ("timestamp", DESCENDING)]),
+    ],
+    CHAINS: [IndexModel([("product", ASCENDING), ("expiry", ASCENDING), ("timestamp", DESCENDING)])],
+}
+DUPLICATE_KEY: Final = 11000
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    doc: dict[str, Any]
+    mark: str  # the idempotency key to set done once stored
+    channel: str
+    raw: bytes  # kept so an overflow or a permanent error can be dead-lettered for replay
+
+
+OnDurable = Callable[[Sequence[str]], Awaitable[None]]
+
+
+class MongoStore:
+    def __init__(
+        self,
+        db: AsyncDatabase[dict[str, Any]],
+        *,
+        metrics: Metrics,
+        dead_letters: DeadLetters,
+        on_durable: OnDurable,
+        flush_interval: float,
+        max_docs: int,
+        buffer_max: int,
+    ) -> None:
+        self._db = db
+        self._metrics = metrics
+        self._dead = dead_letters
+        self._on_durable = on_durable
+        self._interval = flush_interval
+        self._max_docs = max_docs
+        self._buffer_max = buffer_max
+        self._pending: dict[str, deque[Pending]] = {name: deque() for name in INDEXES}
+        self._size = 0
+        self._wake = asyncio.Event()
+        self._full = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.indexes_ready = asyncio.Event()
+
+    @property
+    def buffered(self) -> int:
+        return self._size
+
+    def add(self, collection: str, entries: Sequence[Pending]) -> None:
+        queue = self._pending[collection]
+        queue.extend(entries)
+        self._size += len(entries)
+        overflow = self._size - self._buffer_max
+        if overflow > 0:
+            self._shed(overflow)
+        self._idle.clear()
+        self._wake.set()
+        if self._size >= self._max_docs:
+            self._full.set()
+
+    def _shed(self, count: int) -> None:
+        """Buffer full (MongoDB down for long): dead-letter the oldest, so nothing is silent."""
+        for queue in sorted(self._pending.values(), key=len, reverse=True):
+            while count and queue:
+                entry = queue.popleft()
+                self._size -= 1
+                count -= 1
+                self._metrics.event("store_buffer_overflow")
+                self._dead.reject(entry.channel, entry.raw, "store_buffer_full", "MongoDB write buffer full")
+        log.error("store_buffer_full", buffer_max=self._buffer_max, note="oldest dead-lettered")
+
+    async def ensure_indexes(self) -> None:
+        for name, models in INDEXES.items():
+            await self._db[name].create_indexes(models)
+        self.indexes_ready.set()
+
+    async def run(self) -> None:
+        backoff = Backoff()
+        while True:
+            await self._wake.wait()
+            if self._size < self._max_docs:
+                # Linger: a trickle of messages still goes out as one insert.
+                try:
+                    await asyncio.wait_for(self._full.wait(), self._interval)
+                except TimeoutError:
+                    pass
+            self._wake.clear()
+            self._full.clear()
+            while self._size:
+                if await self._flush_round():
+                    backoff.reset()
+                else:
+                    await asyncio.sleep(backoff.next_delay())
+            self._idle.set()
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
+
+    async def flush(self, deadline: float) -> int:
+        """Write everything before `deadline` (monotonic); return how many entries are left."""
+        backoff = Backoff()
+        while self._size and time.monotonic() < deadline:
+            if not await self._flush_round():
+                await asyncio.sleep(min(backoff.next_delay(), max(0.0, deadline - time.monotonic())))
+        return self._size
+
+    def take_all(self) -> list[Pending]:
+        """Hand over what could not be written (at the hard deadline) for dead-lettering."""
+        left = [entry for queue in self._pending.values() for entry in queue]
+        for queue in self._pending.values():
+            queue.clear()
+        self._size = 0
+        return left
+
+    async def _flush_round(self) -> bool:
+        results = await asyncio.gather(
+            *(self._insert(name, queue) for name, queue in self._pending.items() if queue)
+        )
+        return all(results)
+
+    async def _insert(self, collection: str, queue: deque[Pending]) -> bool:
+        batch = [queue.popleft() for _ in range(min(len(queue), self._max_docs))]
+        self._size -= len(batch)
+        started = time.perf_counter()
+        failed: dict[int, str] = {}
+        try:
+            await self._db[collection].insert_many([entry.doc for entry in batch], ordered=False)
+        except BulkWriteError as exc:
+            for error in exc.details.get("writeErrors", []):
+                if error.get("code") != DUPLICATE_KEY:
+                    failed[int(error["index"])] = str(error.get("errmsg", "write error"))
+            if exc.details.get("writeConcernErrors"):
+                return self._requeue(collection, queue, batch, exc)
+        except PyMongoError as exc:
+            if is_transient(exc):
+                return self._requeue(collection, queue, batch, exc)
+            failed = {i: redact_text(str(exc)) for i in range(len(batch))}
+        self._metrics.event("mongo_batches")
+        self._metrics.event(f"mongo_docs:{collection}", len(batch) - len(failed))
+        self._metrics.latency[f"mongo:{collection}"].add(time.perf_counter() - started)
+        for index, message in failed.items():
+            entry = batch[index]
+            self._dead.reject(entry.channel, entry.raw, "mongo_write_error", message)
+        stored = [entry.mark for i, entry in enumerate(batch) if i not in failed]
+        try:
+            await self._on_durable(stored)
+        except Exception as exc:  # the data is stored; a lost mark only costs a re-check
+            log.warning("mark_done_failed", error=redact_text(str(exc)), count=len(stored))
+        return True
+
+    def _requeue(self, collection: str, queue: deque[Pending], batch: list[Pending], exc: Exception) -> bool:
+        queue.extendleft(reversed(batch))
+        self._size += len(batch)
+        self._metrics.event("mongo_retries")
+        log.warning(
+            "mongo_write_retry", collection=collection, buffered=self._size, error=redact_text(str(exc))[:300]
+        )
+        return False

@@ -1,0 +1,68 @@
+"""Helpers for tests that talk to the running pipeline over real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+
+from tests.conftest import wait_for
+
+
+class Listener:
+    """Collects what is published on some channels, from subscription until exit."""
+
+    def __init__(self) -> None:
+        self.messages: dict[str, list[dict[str, Any]]] = {}
+
+    def on(self, channel: str) -> list[dict[str, Any]]:
+        return self.messages.setdefault(channel, [])
+
+
+@contextlib.asynccontextmanager
+async def listening(redis_url: str, *channels: str) -> AsyncIterator[Listener]:
+    client = Redis.from_url(redis_url)
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe(*channels)
+    listener = Listener()
+    for channel in channels:
+        listener.on(channel)
+
+    async def read() -> None:
+        while True:
+            message = await pubsub.get_message(timeout=None)
+            if message and message["type"] == "message":
+                listener.on(message["channel"].decode()).append(orjson.loads(message["data"]))
+
+    reader = asyncio.create_task(read())
+
+    async def subscribed() -> bool:
+        counts = await client.pubsub_numsub(*channels)
+        return all(n >= 1 for _, n in counts)
+
+    await wait_for(subscribed, what="test listener subscription")
+    try:
+        yield listener
+    finally:
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await client.aclose()
+
+
+async def publish(redis: Redis, channel: str, *payloads: bytes) -> None:
+    async with redis.pipeline(transaction=False) as pipe:
+        for payload in payloads:
+            pipe.publish(channel, payload)
+        await pipe.execute()
+
+
+def with_fields(payload: bytes, **fields: Any) -> bytes:
+    doc = orjson.loads(payload)
+    doc.update(fields)
+    return orjson.dumps(doc)
