@@ -12,9 +12,7 @@ from enricher.loop import run
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="enricher", description="Real-time options analytics for DeltaStream."
-    )
+    parser = argparse.ArgumentParser(prog="enricher", description="Real-time options analytics for DeltaStream.")
     parser.add_argument("--version", action="version", version=f"enricher {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -28,9 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     feed = commands.add_parser("feed", help="publish the synthetic DeltaStream feed")
     feed.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://localhost:6379/0"))
-    feed.add_argument(
-        "--rate", type=float, default=1.0, help="feed loops per second (1 = the real feed's pace)"
-    )
+    feed.add_argument("--rate", type=float, default=1.0, help="feed loops per second (1 = the real feed's pace)")
     feed.add_argument("--duration", type=float, default=None, help="seconds to run (default: until Ctrl-C)")
     feed.add_argument(
         "--burst",
@@ -46,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("ENRICHER_FEED_TZ", "UTC"),
         help="timezone of the naive timestamps the feed writes",
     )
+
+    shown = commands.add_parser("settings", help="print every setting as an env file or a Markdown table")
+    shown.add_argument("--markdown", action="store_true", help="a Markdown table (as in the README)")
 
     demo = commands.add_parser("demo", help="the whole pipeline on embedded servers with the built-in feed")
     demo.add_argument("--duration", type=float, default=None, help="seconds to run (default: until Ctrl-C)")
@@ -66,6 +65,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from enricher.app import serve
 
         return run(serve(config))
+    if args.command == "settings":
+        print(settings.markdown_table() if args.markdown else settings.env_example(), end="")
+        return 0
     if args.command == "feed":
         from enricher.feed.cli import run_feed
 

@@ -8,12 +8,12 @@ signal handling for `python -m enricher run`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import time
+from collections.abc import Awaitable
 from contextlib import AsyncExitStack
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import structlog
 from pymongo import AsyncMongoClient
@@ -34,6 +34,7 @@ from enricher.source import PubSubSource, Source
 from enricher.store import MongoStore
 
 log = structlog.get_logger("enricher")
+T = TypeVar("T")
 
 
 class Enricher:
@@ -148,9 +149,7 @@ class Enricher:
             except Exception:  # a bug in the pipeline: log it, keep the worker alive
                 log.exception("batch_failed", channel=channel, size=len(batch))
                 for raw in batch:
-                    self.dead_letters.reject(
-                        channel, raw.data, "internal_error", "unexpected error; see logs"
-                    )
+                    self.dead_letters.reject(channel, raw.data, "internal_error", "unexpected error; see logs")
             finally:
                 for _ in batch:
                     queue.queue.task_done()
@@ -174,44 +173,56 @@ class Enricher:
             await self._shutdown()
 
     async def _shutdown(self) -> None:
-        deadline = time.monotonic() + self.settings.grace_period
+        """Stop intake, drain the queues, flush, then close; every step has a deadline."""
+        grace = self.settings.grace_period
+        deadline = time.monotonic() + grace
 
         def remaining() -> float:
             return max(0.0, deadline - time.monotonic())
 
-        log.info("stopping", grace_s=self.settings.grace_period)
-        await self.source.stop()
+        log.info("stopping", grace_s=grace)
+        await _bounded("unsubscribe", self.source.stop(), 5.0)
         if self._intake is not None:
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(self._intake), remaining())
+            await _bounded("intake", asyncio.shield(self._intake), remaining())
             self._intake.cancel()
         drains = [asyncio.ensure_future(queue.queue.join()) for queue in self.queues.values()]
         if drains:
             await asyncio.wait(drains, timeout=remaining())
         for task in drains:
             task.cancel()
-        await _cancel(self._workers)
+        await _bounded("workers", _cancel(self._workers), 5.0)
         cut_off = 0
         for queue in self.queues.values():
             for raw in queue.take_all():
                 cut_off += 1
-                self.dead_letters.reject(
-                    queue.channel, raw.data, "shutdown", "not processed before the deadline"
-                )
+                self.dead_letters.reject(queue.channel, raw.data, "shutdown", "not processed before the deadline")
         if self.store is not None:
-            left = await self.store.flush(deadline)
+            await _bounded("flush", self.store.flush(deadline), remaining() + 1.0)
             for entry in self.store.take_all():
-                self.dead_letters.reject(
-                    entry.channel, entry.raw, "shutdown", "not stored before the deadline"
-                )
-            cut_off += left
-        await _cancel(self._services)
-        if self.dead_letters.pending and not await self.dead_letters.write_pending():
-            log.error(
-                "dead_letters_lost_at_exit", count=self.dead_letters.pending, reason="Redis unreachable"
-            )
-        await self._stack.aclose()
+                cut_off += 1
+                self.dead_letters.reject(entry.channel, entry.raw, "shutdown", "not stored before the deadline")
+        await _bounded("services", _cancel(self._services), 5.0)
+        if self.dead_letters.pending:
+            written = await _bounded("dead_letters", self.dead_letters.write_pending(), 5.0)
+            if not written:
+                log.error("dead_letters_lost_at_exit", count=self.dead_letters.pending, reason="Redis unreachable")
+        await _bounded("close", self._stack.aclose(), 10.0)
         log.info("stopped", cut_off=cut_off, summary=self.metrics.summary())
+
+
+async def _bounded(step: str, awaitable: Awaitable[T], timeout: float) -> T | None:
+    """Await one shutdown step; past `timeout` log it by name and move on."""
+    try:
+        return await asyncio.wait_for(awaitable, timeout)
+    except TimeoutError:
+        log.error("shutdown_step_timed_out", step=step, timeout_s=round(timeout, 3))
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # we are being cancelled ourselves, not just the step
+    except Exception as exc:  # a failed step must not stop the others (e.g. the source's last error)
+        log.error("shutdown_step_failed", step=step, error=redact_text(repr(exc))[:300])
+    return None
 
 
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
@@ -224,17 +235,25 @@ async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
     tasks.clear()
 
 
+def dump_tasks() -> None:
+    """SIGUSR1: log where every task is waiting, for a daemon that seems stuck."""
+    for task in asyncio.all_tasks():
+        frames = [f"{f.f_code.co_filename}:{f.f_lineno} {f.f_code.co_name}" for f in task.get_stack(limit=12)]
+        log.warning("task_stack", task=task.get_name(), frames=frames)
+
+
 async def serve(settings: Settings) -> int:
     """`python -m enricher run`: SIGTERM or SIGINT stops intake, drains, flushes, exits 0."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
     try:
         async with Enricher(settings) as app:
             await app.wait(stop)
     finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
             loop.remove_signal_handler(signum)
     log.info("exit", redis=redact_url(settings.redis_url))
     return 0

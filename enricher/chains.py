@@ -1,11 +1,12 @@
 """Option chains: one product and expiry, as arrays aligned on sorted strikes.
 
 A chain has two paths. The fast one takes a side (all calls, or all puts) whose
-rows are complete, in strike order and valid, and checks each field across the
-whole side at once with builtins that loop in C (zip, map, set, min, sum). Any
-other chain, and every invalid one, goes row by row through `quotes`, which finds
-the precise reason. The fast path therefore accepts a subset of what the row-by-row
-path accepts, with the same result; the tests hold it to that.
+rows carry every field, none of them null, and checks each field across the whole
+side at once with builtins that loop in C (zip, map, set, min, sum); rows may be
+missing or in any order. Any other chain (a null greek, a GDF row without a bid)
+and every invalid one goes row by row through `quotes`, which finds the precise
+reason. The fast path therefore accepts a subset of what the row-by-row path
+accepts, with the same result; the tests hold it to that.
 """
 
 from __future__ import annotations
@@ -14,30 +15,28 @@ from collections.abc import Sequence
 from datetime import tzinfo
 from functools import lru_cache
 from itertools import pairwise
-from math import isfinite
+from math import nan
 from operator import itemgetter
 from typing import Any, Final
 
 import numpy as np
 
-from enricher.quotes import (
+from enricher.fields import (
     BAD_EXPIRY,
     EMPTY_CHAIN,
     GREEKS,
     STRIKE_MISMATCH,
     TOO_MANY_STRIKES,
     WRONG_TYPE,
-    add_canonical_keys,
     event_time,
     expiry_date,
-    gdf_row,
     missing,
     positive,
     product_name,
-    show,
-    synthetic_row,
+    strike_values,
     valid_numbers,
 )
+from enricher.quotes import add_canonical_keys, gdf_row, synthetic_row
 from enricher.records import Chain, InvalidMessage, Json
 from enricher.timestamps import expiry_from_instrument
 
@@ -55,7 +54,6 @@ _SYNTHETIC: Final = itemgetter(
     *GREEKS,
 )
 _GDF: Final = itemgetter("instrument", "price", "volume", "oi", "bid", "ask", *GREEKS)
-_REAL: Final = frozenset((int, float))
 # What a malformed row makes zip, map, min or sum raise; the fast path only gives up.
 _GIVE_UP: Final = (KeyError, TypeError, ValueError, OverflowError)
 
@@ -115,6 +113,8 @@ def parse_chain(doc: Json, feed_tz: tzinfo, max_strikes: int) -> Chain:
         expiry, call_side, put_side = _checked_sides(
             calls, puts, gdf=gdf, product=product, expiry=expiry, order=order, stamp=stamp, feed_tz=feed_tz
         )
+    if expiry is None:  # unreachable: a GDF chain is recognised by having a row
+        raise InvalidMessage(BAD_EXPIRY, "no expiry")
     if gdf:
         if "expiry" in doc:
             doc["source_expiry"] = doc["expiry"]
@@ -143,33 +143,13 @@ def parse_chain(doc: Json, feed_tz: tzinfo, max_strikes: int) -> Chain:
     )
 
 
-def strike_values(strikes: list[Any], numeric_text: bool) -> list[float]:
-    """A chain's `strikes` as floats; `numeric_text` admits GDF's strings like "21500"."""
-    try:
-        # min() can step over a NaN, but the sum cannot.
-        if {type(s) for s in strikes} <= _REAL and min(strikes) > 0 and isfinite(sum(strikes)):
-            return [float(s) for s in strikes]
-    except OverflowError:
-        pass
-    return [_strike(value, numeric_text) for value in strikes]
-
-
-def _strike(value: object, numeric_text: bool) -> float:
-    if numeric_text and isinstance(value, str):
-        digits = value[1:] if value[:1] == "-" else value
-        # float() alone would take 'nan', 'inf', ' 1' and '1_000'.
-        if not (digits.isascii() and digits.replace(".", "", 1).isdigit()):
-            raise InvalidMessage(WRONG_TYPE, f"strike {show(value)} is not a number")
-        value = float(value)
-    return positive(value, "strike")
-
-
 def _interleave(calls: Side, puts: Side) -> tuple[Sequence[float], ...]:
     return (calls[0], puts[0], calls[1], puts[1], calls[2], puts[2], calls[3], puts[3])
 
 
-# A product's chains repeat the same strikes, so their symbols are worth keeping.
-@lru_cache(maxsize=1024)
+# A product's chains repeat the same strikes, so their symbols are worth keeping;
+# 256 sides of up to max_strikes symbols bounds what a hostile feed can make it hold.
+@lru_cache(maxsize=256)
 def _symbols(prefix: str, order: tuple[float, ...]) -> tuple[str, ...]:
     """The synthetic symbols of one side, e.g. NIFTY20250123C21500, for the sorted strikes."""
     return tuple([f"{prefix}{int(strike)}" for strike in order])
@@ -195,27 +175,28 @@ def _fast_synthetic_side(
     order: tuple[float, ...],
     stamp: object,
     feed_tz: tzinfo,
-) -> tuple[str, Side] | None:
-    if len(rows) != len(order) or expiry is None:
+) -> tuple[str | None, Side] | None:
+    if not rows:
+        return expiry, _no_rows(len(order))
+    if expiry is None:
         return None
-    n = len(order)
+    n = len(rows)
     prefix = f"{product}{expiry.replace('-', '')}{side[0]}"
     try:
-        columns = tuple(zip(*map(_SYNTHETIC, rows), strict=True))
+        columns = zip(*map(_SYNTHETIC, rows), strict=True)
         symbols, products, expiries, strikes, kinds, bids, asks, lasts, volumes, ois, *greeks = columns
-        ivs = greeks[-1]
         valid = (
             products.count(product) == n
             and expiries.count(expiry) == n
             and kinds.count(side) == n
-            and strikes == order
-            and symbols == _symbols(prefix, order)
             and valid_numbers(bids + asks + lasts, volumes + ois, strikes + sum(greeks, ()))
+            and symbols == _row_symbols(prefix, strikes, order)
             and _valid_stamps(rows, stamp, feed_tz)
         )
+        placed = _place(strikes, order, (ois, volumes, lasts, greeks[-1])) if valid else None
     except _GIVE_UP:
         return None
-    return (expiry, (ois, volumes, lasts, ivs)) if valid else None
+    return None if placed is None else (expiry, placed)
 
 
 def _fast_gdf_side(
@@ -227,29 +208,29 @@ def _fast_gdf_side(
     order: tuple[float, ...],
     stamp: object,
     feed_tz: tzinfo,
-) -> tuple[str, Side] | None:
-    if len(rows) != len(order):
-        return None
-    n = len(order)
+) -> tuple[str | None, Side] | None:
+    if not rows:
+        return expiry, _no_rows(len(order))
+    n = len(rows)
     try:
-        columns = tuple(zip(*map(_GDF, rows), strict=True))
-        instruments, lasts, volumes, ois, bids, asks, *greeks = columns
+        instruments, lasts, volumes, ois, bids, asks, *greeks = zip(*map(_GDF, rows), strict=True)
         products, expiries, strikes, kinds = zip(*map(expiry_from_instrument, instruments), strict=True)
         expiry = expiry or expiries[0]
         valid = (
             products.count(product) == n
             and expiries.count(expiry) == n
             and kinds.count(side) == n
-            and strikes == order
             and valid_numbers(bids + asks + lasts, volumes + ois, sum(greeks, ()))
             and _valid_stamps(rows, stamp, feed_tz)
         )
+        ivs = [iv / 100.0 for iv in greeks[-1]] if valid else []
+        placed = _place(strikes, order, (ois, volumes, lasts, ivs)) if valid else None
     except _GIVE_UP:
         return None
-    if not valid:
+    if placed is None:
         return None
-    symbols = _symbols(f"{product}{expiry.replace('-', '')}{side[0]}", order)
-    for row, symbol, strike, last, oi in zip(rows, symbols, order, lasts, ois, strict=True):
+    symbols = _row_symbols(f"{product}{expiry.replace('-', '')}{side[0]}", strikes, order)
+    for row, symbol, strike, last, oi in zip(rows, symbols, strikes, lasts, ois, strict=True):
         add_canonical_keys(
             row,
             symbol=symbol,
@@ -260,7 +241,35 @@ def _fast_gdf_side(
             last=float(last),
             oi=oi,
         )
-    return expiry, (ois, volumes, lasts, [iv / 100.0 for iv in greeks[-1]])
+    return expiry, placed
+
+
+def _no_rows(n: int) -> tuple[list[float], list[float], list[float], list[float]]:
+    """Columns for a side with no rows: OI and volume 0, last and IV unknown."""
+    return [0.0] * n, [0.0] * n, [nan] * n, [nan] * n
+
+
+def _row_symbols(prefix: str, strikes: tuple[Any, ...], order: tuple[float, ...]) -> tuple[str, ...]:
+    # A complete side in strike order, the usual case, has its symbols cached.
+    return _symbols(prefix, order) if strikes == order else tuple([f"{prefix}{int(s)}" for s in strikes])
+
+
+def _place(strikes: tuple[Any, ...], order: tuple[float, ...], columns: Side) -> Side | None:
+    """A side's columns moved onto the sorted strikes; None if a strike is repeated.
+
+    Raises KeyError for a strike not in `order`, which the fast path takes as giving up.
+    """
+    if strikes == order:
+        return columns
+    position = {strike: i for i, strike in enumerate(order)}
+    slots = [position[strike] for strike in strikes]
+    if len(set(slots)) != len(slots):
+        return None
+    placed = _no_rows(len(order))
+    for target, values in zip(placed, columns, strict=True):
+        for slot, value in zip(slots, values, strict=True):
+            target[slot] = value
+    return placed
 
 
 def _checked_sides(
@@ -273,15 +282,13 @@ def _checked_sides(
     order: tuple[float, ...],
     stamp: object,
     feed_tz: tzinfo,
-) -> tuple[str, Side, Side]:
+) -> tuple[str | None, Side, Side]:
     """Both sides row by row: slower, but it names the row and the reason."""
     position = {strike: i for i, strike in enumerate(order)}
     check = gdf_row if gdf else synthetic_row
     sides: list[Side] = []
     for name, side, rows in (("calls", "CALL", calls), ("puts", "PUT", puts)):
-        n = len(order)
-        oi_column, volume_column = [0.0] * n, [0.0] * n
-        last_column, iv_column = [float("nan")] * n, [float("nan")] * n
+        oi_column, volume_column, last_column, iv_column = _no_rows(len(order))
         filled: set[int] = set()
         for i, row in enumerate(rows):
             if type(row) is not dict:
@@ -306,6 +313,4 @@ def _checked_sides(
             if iv is not None:
                 iv_column[slot] = iv
         sides.append((oi_column, volume_column, last_column, iv_column))
-    if expiry is None:  # unreachable: a GDF chain is recognised by having a row
-        raise InvalidMessage(BAD_EXPIRY, "no expiry")
     return expiry, sides[0], sides[1]

@@ -37,9 +37,7 @@ async def run_demo(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as servers:
         redis_server = servers.enter_context(await asyncio.to_thread(RedisServer().start))
         mongo_server = servers.enter_context(await asyncio.to_thread(MongoServer().start))
-        settings = Settings(
-            redis_url=redis_server.url, mongo_url=mongo_server.url, log_level="warning", pool_workers=1
-        )
+        settings = Settings(redis_url=redis_server.url, mongo_url=mongo_server.url, log_level="warning", pool_workers=1)
         print(f"redis {redis_server.url}  mongodb {mongo_server.url}  (Ctrl-C to stop)", flush=True)
         async with Enricher(settings) as app:
             redis = Redis.from_url(redis_server.url)
@@ -76,9 +74,7 @@ async def _report(
             last[channel] = seen
         depths = "/".join(str(app.queues[channel].depth()) for channel in CHANNELS)
         print(f"\n[{elapsed:5.0f} s] in: {', '.join(rates)}  queues {depths}  {_totals(app)}")
-        print(
-            f"{'product':<10}{'spot':>11}{'pcr oi':>8}{'max pain':>10}{'straddle':>10}   1m candle (o/h/l/c, ticks)"
-        )
+        print(f"{'product':<10}{'spot':>11}{'pcr oi':>8}{'max pain':>10}{'straddle':>10}   1m candle (o/h/l/c, ticks)")
         for product in products:
             print(await _product_line(redis, product))
         if duration is not None and elapsed >= duration:
@@ -105,9 +101,7 @@ async def _product_line(redis: Redis, product: str) -> str:
         chain = orjson.loads(raw) if raw else {}
     spot = orjson.loads(tick)["price"] if tick else None
     bar = orjson.loads(candle) if candle else None
-    candle_text = (
-        f"{bar['open']}/{bar['high']}/{bar['low']}/{bar['close']}, {bar['num_ticks']}" if bar else "-"
-    )
+    candle_text = f"{bar['open']}/{bar['high']}/{bar['low']}/{bar['close']}, {bar['num_ticks']}" if bar else "-"
     return (
         f"{product:<10}{_fmt(spot, 2):>11}{_fmt(chain.get('pcr_oi'), 3):>8}"
         f"{_fmt(chain.get('max_pain_strike'), 0):>10}{_fmt(chain.get('atm_straddle_price'), 2):>10}   {candle_text}"

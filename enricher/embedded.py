@@ -106,9 +106,7 @@ class _Server:
 
     def start(self, timeout: float = 30.0) -> Self:
         log = (self.workdir / f"{self.name}.log").open("ab")
-        self._proc = subprocess.Popen(
-            self._command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-        )
+        self._proc = subprocess.Popen(self._command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log.close()
         _wait_until(self.name, self._ready, self._proc, timeout)
         return self
@@ -134,9 +132,7 @@ class _Server:
     def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
 
 

@@ -24,9 +24,7 @@ log = structlog.get_logger("enricher.intake")
 
 
 class ChannelQueue:
-    def __init__(
-        self, channel: str, capacity: int, policy: str, metrics: Metrics, dead_letters: DeadLetters
-    ) -> None:
+    def __init__(self, channel: str, capacity: int, policy: str, metrics: Metrics, dead_letters: DeadLetters) -> None:
         self.channel = channel
         self.capacity = capacity
         self.policy = policy

@@ -6,7 +6,8 @@ It raises nothing else, whatever the bytes, so a caller can dead-letter on
 `InvalidMessage` and treat any other exception as a bug.
 
 Both providers normalise here (CONTRACT §1). A GlobalDataFeeds row is recognised
-by its `instrument` field; see `quotes.gdf_row` for how its fields map.
+by its `instrument` field; see `quotes.gdf_row` for how its fields map, and
+`fields` for what each reason code means.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any, Final
 import orjson
 
 from enricher.chains import parse_chain
-from enricher.quotes import (
+from enricher.fields import (
     BAD_EXPIRY,
     BAD_OPTION_TYPE,
     BAD_PRODUCT,
@@ -39,14 +40,13 @@ from enricher.quotes import (
     WRONG_TYPE,
     count,
     event_time,
-    gdf_row,
     missing,
     non_negative,
     positive,
     product_name,
     real,
-    synthetic_row,
 )
+from enricher.quotes import gdf_row, synthetic_row
 from enricher.records import OPTION_CHAIN, OPTION_QUOTE, UNDERLYING, InvalidMessage, Json, Quote, Record, Tick
 
 __all__ = [
@@ -80,7 +80,7 @@ _TICK_PRICES: Final = ("volume", "open", "high", "low", "close")
 
 def parse(
     channel: str,
-    data: bytes,
+    data: bytes | bytearray | memoryview | str,
     *,
     feed_tz: tzinfo,
     max_bytes: int = 1 << 20,
@@ -146,9 +146,7 @@ def _tick(doc: Json, feed_tz: tzinfo, max_strikes: int) -> Tick:
 
 def _quote(doc: Json, feed_tz: tzinfo, max_strikes: int) -> Quote:
     check = gdf_row if "instrument" in doc else synthetic_row
-    symbol, product, expiry, strike, option_type, bid, ask, last, volume, oi, iv = check(
-        doc, None, None, None
-    )
+    symbol, product, expiry, strike, option_type, bid, ask, last, volume, oi, iv = check(doc, None, None, None)
     if "timestamp" not in doc:
         raise missing("timestamp")
     return Quote(

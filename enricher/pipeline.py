@@ -26,6 +26,7 @@ from enricher.idempotency import Claim, Idempotency, mark_key
 from enricher.logs import debug_enabled
 from enricher.messages import parse
 from enricher.metrics import DUPLICATE, FAILED, INVALID, PROCESSED, Metrics
+from enricher.ordering import TurnTaker
 from enricher.pool import AnalyticsPool
 from enricher.records import (
     CHANNELS,
@@ -39,7 +40,6 @@ from enricher.records import (
     Tick,
     utc_iso,
 )
-from enricher.ordering import TurnTaker
 from enricher.redact import redact_text
 from enricher.settings import Settings
 from enricher.source import RawMessage

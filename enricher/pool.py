@@ -50,10 +50,7 @@ class AnalyticsPool:
             self._executor = self._build()
             # Spawn the workers now, not on the first chain.
             await asyncio.gather(
-                *(
-                    asyncio.get_running_loop().run_in_executor(self._executor, _warm_up)
-                    for _ in range(self._workers)
-                )
+                *(asyncio.get_running_loop().run_in_executor(self._executor, _warm_up) for _ in range(self._workers))
             )
 
     def _build(self) -> ProcessPoolExecutor:

@@ -1,179 +1,38 @@
-"""Field checks and option rows in either provider's shape, for `messages` and `chains`.
+"""One option row, in either provider's shape, checked into canonical fields.
 
-Every check raises `InvalidMessage` with one of the stable reason codes below. The
-row checks run once per option row, tens of thousands of times a second, so each
-starts with one cheap test that passes for a valid row and only falls back to the
-field-by-field checks, which find the precise reason, when that test fails.
+Used for a quote on its own and, row by row, for a chain the fast path declined.
+Each row starts with one cheap test that passes for a valid row, and only falls
+back to the field-by-field checks, which find the precise reason, when it fails.
 """
 
 from __future__ import annotations
 
-import re
-from datetime import datetime, tzinfo
-from math import isfinite
-from typing import Any, Final
+from typing import Any
 
-from enricher.records import InvalidMessage, Json
-from enricher.timestamps import expiry_from_instrument, parse_event_time, parse_expiry
-
-TOO_LARGE: Final = "too_large"
-NOT_UTF8: Final = "not_utf8"
-NOT_JSON: Final = "not_json"
-NOT_OBJECT: Final = "not_object"
-MISSING_FIELD: Final = "missing_field"
-WRONG_TYPE: Final = "wrong_type"
-NOT_FINITE: Final = "not_finite"
-NEGATIVE: Final = "negative"
-BAD_TIMESTAMP: Final = "bad_timestamp"
-BAD_EXPIRY: Final = "bad_expiry"
-BAD_PRODUCT: Final = "bad_product"
-BAD_SYMBOL: Final = "bad_symbol"
-BAD_OPTION_TYPE: Final = "bad_option_type"
-STRIKE_MISMATCH: Final = "strike_mismatch"
-EMPTY_CHAIN: Final = "empty_chain"
-TOO_MANY_STRIKES: Final = "too_many_strikes"
-UNKNOWN_CHANNEL: Final = "unknown_channel"
-REASONS: Final = (
-    TOO_LARGE,
-    NOT_UTF8,
-    NOT_JSON,
-    NOT_OBJECT,
-    MISSING_FIELD,
-    WRONG_TYPE,
-    NOT_FINITE,
-    NEGATIVE,
-    BAD_TIMESTAMP,
+from enricher.fields import (
     BAD_EXPIRY,
-    BAD_PRODUCT,
-    BAD_SYMBOL,
     BAD_OPTION_TYPE,
-    STRIKE_MISMATCH,
-    EMPTY_CHAIN,
-    TOO_MANY_STRIKES,
-    UNKNOWN_CHANNEL,
+    BAD_SYMBOL,
+    GREEKS,
+    count,
+    expiry_date,
+    missing,
+    non_negative,
+    option_kind,
+    positive,
+    product_name,
+    real,
+    show,
+    text,
+    valid_numbers,
 )
-
-OPTION_TYPES: Final = ("CALL", "PUT")
-GREEKS: Final = ("delta", "gamma", "vega", "theta", "iv")
-# exact types, so that bool (a subclass of int) is not a number
-_REAL: Final = frozenset((int, float))
-_INT: Final = frozenset((int,))
-_PRODUCT: Final = re.compile(r"[A-Z][A-Z0-9&_-]{0,31}")
+from enricher.records import InvalidMessage, Json
+from enricher.timestamps import expiry_from_instrument
 
 # (symbol, product, expiry, strike, option_type, bid, ask, last, volume, open_interest, iv):
 # a plain tuple, in the order of `records.Quote`, because a row of a chain is
 # checked but never becomes a Quote, and a tuple is the cheapest thing to return.
 RowFields = tuple[str, str, str, float, str, float, float, float, int, int, float | None]
-
-
-def show(value: object) -> str:
-    """A short repr for an error detail: a hostile payload must not fill the log."""
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def missing(field: object) -> InvalidMessage:
-    return InvalidMessage(MISSING_FIELD, f"no {field!r}")
-
-
-def real(value: object, field: str) -> float:
-    """A finite JSON number as a float."""
-    if isinstance(value, float):
-        number = value
-    elif isinstance(value, int) and not isinstance(value, bool):
-        try:
-            number = float(value)
-        except OverflowError:
-            raise InvalidMessage(NOT_FINITE, f"{field} {show(value)} does not fit a float") from None
-    else:
-        raise InvalidMessage(WRONG_TYPE, f"{field} must be a number, not {type(value).__name__}")
-    if not isfinite(number):
-        raise InvalidMessage(NOT_FINITE, f"{field} is {number}")
-    return number
-
-
-def non_negative(value: object, field: str) -> float:
-    number = real(value, field)
-    if number < 0:
-        raise InvalidMessage(NEGATIVE, f"{field} is {number}")
-    return number
-
-
-def positive(value: object, field: str) -> float:
-    number = real(value, field)
-    if number <= 0:
-        raise InvalidMessage(NEGATIVE, f"{field} is {number}, not > 0")
-    return number
-
-
-def count(value: object, field: str) -> int:
-    """A JSON integer ≥ 0; 12.0 is not one, because a counter sent as a float is a feed bug."""
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise InvalidMessage(WRONG_TYPE, f"{field} must be an integer, not {type(value).__name__}")
-    if value < 0:
-        raise InvalidMessage(NEGATIVE, f"{field} is {value}")
-    return value
-
-
-def text(value: object, field: str) -> str:
-    if not isinstance(value, str):
-        raise InvalidMessage(WRONG_TYPE, f"{field} must be a string, not {type(value).__name__}")
-    return value
-
-
-def product_name(value: object, expected: str | None = None) -> str:
-    """A valid product name, equal to `expected` when one is given (a chain's rows)."""
-    name = text(value, "product")
-    if _PRODUCT.fullmatch(name) is None:
-        raise InvalidMessage(BAD_PRODUCT, f"{show(name)} is not a product name")
-    if expected is not None and name != expected:
-        raise InvalidMessage(BAD_PRODUCT, f"{name!r} in a {expected!r} chain")
-    return name
-
-
-def expiry_date(value: object, expected: str | None = None) -> str:
-    try:
-        day = parse_expiry(text(value, "expiry"))
-    except ValueError as exc:
-        raise InvalidMessage(BAD_EXPIRY, str(exc)) from None
-    if expected is not None and day != expected:
-        raise InvalidMessage(BAD_EXPIRY, f"{day} in a {expected} chain")
-    return day
-
-
-def option_kind(value: object, expected: str | None = None) -> str:
-    kind = text(value, "option_type")
-    if kind not in OPTION_TYPES:
-        raise InvalidMessage(BAD_OPTION_TYPE, f"{show(kind)} is neither CALL nor PUT")
-    if expected is not None and kind != expected:
-        raise InvalidMessage(BAD_OPTION_TYPE, f"a {kind} row among the {expected}s")
-    return kind
-
-
-def event_time(value: object, feed_tz: tzinfo) -> datetime:
-    try:
-        return parse_event_time(text(value, "timestamp"), feed_tz)
-    except ValueError as exc:  # OverflowError is not one, but parse_event_time converts it
-        raise InvalidMessage(BAD_TIMESTAMP, str(exc)) from None
-
-
-def valid_numbers(prices: tuple[Any, ...], counts: tuple[Any, ...], others: tuple[Any, ...]) -> bool:
-    """True when `prices` are numbers ≥ 0, `counts` integers ≥ 0 and `others` numbers,
-    all finite. False means "look closer": the field-by-field checks then find the
-    reason, or nothing wrong when only a sum overflowed."""
-    try:
-        reals = prices + others
-        return (
-            set(map(type, reals)) <= _REAL
-            and set(map(type, counts)) <= _INT
-            and min(prices) >= 0
-            and min(counts) >= 0
-            # min() can step over a NaN and a sum of finite floats can overflow,
-            # but a finite sum has finite terms.
-            and isfinite(sum(reals))
-        )
-    except OverflowError:  # an int too large for a float (orjson never makes one)
-        return False
 
 
 def _check_greeks(values: tuple[Any, ...]) -> None:
@@ -249,8 +108,9 @@ def gdf_row(row: Json, product: str | None, expiry: str | None, option_type: str
         oi = row["oi"]
     except KeyError as exc:
         raise missing(exc.args[0]) from None
+    name = text(instrument, "instrument")  # outside the try: InvalidMessage is a ValueError too
     try:
-        row_product, row_expiry, strike, kind = expiry_from_instrument(text(instrument, "instrument"))
+        row_product, row_expiry, strike, kind = expiry_from_instrument(name)
     except ValueError as exc:
         raise InvalidMessage(BAD_SYMBOL, str(exc)) from None
     if product is None or row_product != product:
@@ -308,12 +168,11 @@ def add_canonical_keys(
     oi: int,
 ) -> None:
     """Give a GDF row the synthetic shape's names too, so that readers need know only those."""
-    row.update(
-        symbol=symbol,
-        product=product,
-        strike=strike,
-        expiry=expiry,
-        option_type=option_type,
-        last=last,
-        open_interest=oi,
-    )
+    # Item by item: update(**names) builds a dict first and costs twice as much.
+    row["symbol"] = symbol
+    row["product"] = product
+    row["strike"] = strike
+    row["expiry"] = expiry
+    row["option_type"] = option_type
+    row["last"] = last
+    row["open_interest"] = oi

@@ -120,7 +120,7 @@ class PubSubSource:
             if message is None:
                 continue
             kind = message["type"]
-            if kind == b"message" or kind == "message":
+            if kind in {b"message", "message"}:
                 yield RawMessage(names[message["channel"]], message["data"], time.time())
             elif kind in (b"subscribe", "subscribe"):
                 subscribed += 1

@@ -13,6 +13,7 @@ backoff; the buffer is bounded, and what overflows is dead-lettered with its raw
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -82,11 +83,17 @@ class MongoStore:
         self._max_docs = max_docs
         self._buffer_max = buffer_max
         self._pending: dict[str, deque[Pending]] = {name: deque() for name in INDEXES}
+        # One insert per collection at a time: batches stay in order, and SecantusDB was
+        # seen to stop answering two concurrent inserts into one collection.
+        self._writing = {name: asyncio.Lock() for name in INDEXES}
         self._size = 0
         self._wake = asyncio.Event()
         self._full = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._in_flight: dict[int, list[Pending]] = {}  # batches handed to insert_many
+        self._settled = asyncio.Event()  # set while nothing is in flight
+        self._settled.set()
         self.indexes_ready = asyncio.Event()
 
     @property
@@ -127,10 +134,8 @@ class MongoStore:
             await self._wake.wait()
             if self._size < self._max_docs:
                 # Linger: a trickle of messages still goes out as one insert.
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._full.wait(), self._interval)
-                except TimeoutError:
-                    pass
             self._wake.clear()
             self._full.clear()
             while self._size:
@@ -144,30 +149,65 @@ class MongoStore:
         await self._idle.wait()
 
     async def flush(self, deadline: float) -> int:
-        """Write everything before `deadline` (monotonic); return how many entries are left."""
+        """Write everything before `deadline` (monotonic); return how many entries are left.
+
+        Batches the background flusher has in flight count too: they are waited for, never
+        assumed written, so cancelling the flusher afterwards can't lose one.
+        """
         backoff = Backoff()
-        while self._size and time.monotonic() < deadline:
-            if not await self._flush_round():
+        while (self._size or self._in_flight) and (left := deadline - time.monotonic()) > 0:
+            if self._in_flight:
+                try:
+                    await asyncio.wait_for(self._settled.wait(), left)
+                except TimeoutError:
+                    break
+                continue
+            try:
+                written = await asyncio.wait_for(self._flush_round(), left)
+            except TimeoutError:
+                break  # whatever was in flight is handed over by take_all()
+            if not written:
                 await asyncio.sleep(min(backoff.next_delay(), max(0.0, deadline - time.monotonic())))
-        return self._size
+        return self._size + sum(len(batch) for batch in self._in_flight.values())
 
     def take_all(self) -> list[Pending]:
-        """Hand over what could not be written (at the hard deadline) for dead-lettering."""
-        left = [entry for queue in self._pending.values() for entry in queue]
+        """Hand over what was not written by the hard deadline, in flight included, for dead-lettering.
+
+        An in-flight batch may in fact land; replaying its dead letters is then a duplicate,
+        which the `_id` index absorbs.
+        """
+        left = [entry for batch in self._in_flight.values() for entry in batch]
+        left += [entry for queue in self._pending.values() for entry in queue]
         for queue in self._pending.values():
             queue.clear()
+        self._in_flight.clear()
         self._size = 0
         return left
 
     async def _flush_round(self) -> bool:
-        results = await asyncio.gather(
-            *(self._insert(name, queue) for name, queue in self._pending.items() if queue)
-        )
+        results = await asyncio.gather(*(self._insert(name, queue) for name, queue in self._pending.items() if queue))
         return all(results)
 
     async def _insert(self, collection: str, queue: deque[Pending]) -> bool:
+        async with self._writing[collection]:
+            return await self._insert_next(collection, queue)
+
+    async def _insert_next(self, collection: str, queue: deque[Pending]) -> bool:
         batch = [queue.popleft() for _ in range(min(len(queue), self._max_docs))]
+        if not batch:  # the other flusher (run() or a shutdown flush()) took them first
+            return True
         self._size -= len(batch)
+        token = id(batch)
+        self._in_flight[token] = batch
+        self._settled.clear()
+        try:
+            return await self._insert_batch(collection, queue, batch)
+        finally:
+            self._in_flight.pop(token, None)
+            if not self._in_flight:
+                self._settled.set()
+
+    async def _insert_batch(self, collection: str, queue: deque[Pending], batch: list[Pending]) -> bool:
         started = time.perf_counter()
         failed: dict[int, str] = {}
         try:
@@ -199,7 +239,5 @@ class MongoStore:
         queue.extendleft(reversed(batch))
         self._size += len(batch)
         self._metrics.event("mongo_retries")
-        log.warning(
-            "mongo_write_retry", collection=collection, buffered=self._size, error=redact_text(str(exc))[:300]
-        )
+        log.warning("mongo_write_retry", collection=collection, buffered=self._size, error=redact_text(str(exc))[:300])
         return False

@@ -29,7 +29,9 @@ logs.configure("info", "console")
 
 
 async def wait_for(
-    condition: Callable[[], Awaitable[bool]] | Callable[[], bool], timeout: float = 10.0, what: str = "condition"
+    condition: Callable[[], Awaitable[bool]] | Callable[[], bool],
+    timeout: float = 10.0,
+    what: str = "condition",
 ) -> None:
     """Poll a condition until it holds; fail with `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout

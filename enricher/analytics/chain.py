@@ -238,7 +238,7 @@ def analyse_chain_batch(batch: ChainBatch) -> list[ChainMetrics]:
     return [_metrics(*fields) for fields in per_chain]
 
 
-def _metrics(  # noqa: PLR0917 - one chain's row of the batch columns, in `analyse_chain_batch` order
+def _metrics(
     calls_oi: float,
     puts_oi: float,
     calls_volume: float,

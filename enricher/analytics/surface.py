@@ -143,9 +143,7 @@ class SurfaceBook:
             for strike, iv in zip(smile["strikes"], smile["ivs"], strict=True):
                 if len(members) >= limit:
                     return members
-                members.append(
-                    (orjson.dumps({"strike": strike, "iv": iv, "expiry": smile["expiry"]}), strike)
-                )
+                members.append((orjson.dumps({"strike": strike, "iv": iv, "expiry": smile["expiry"]}), strike))
         return members
 
 

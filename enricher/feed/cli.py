@@ -35,7 +35,5 @@ async def run_feed(args: argparse.Namespace) -> int:
     finally:
         await redis.aclose()
     seconds = time.perf_counter() - started
-    log.info(
-        "feed_done", published=counts, seconds=round(seconds, 3), per_s=round(sum(counts.values()) / seconds)
-    )
+    log.info("feed_done", published=counts, seconds=round(seconds, 3), per_s=round(sum(counts.values()) / seconds))
     return 0

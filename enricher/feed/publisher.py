@@ -44,9 +44,7 @@ async def publish_paced(
     return counts
 
 
-async def publish_burst(
-    redis: Redis, messages: Iterable[Message], *, pipeline_size: int = 500
-) -> dict[str, int]:
+async def publish_burst(redis: Redis, messages: Iterable[Message], *, pipeline_size: int = 500) -> dict[str, int]:
     """Publish `messages` as fast as Redis takes them, `pipeline_size` per round trip.
 
     Returns the number of messages published per channel.

@@ -214,12 +214,8 @@ class SyntheticFeed:
             "expiry": expiry,
             "spot_price": spot,
             "strikes": grid,
-            "calls": [
-                self._option_row(spec, expiry, k, is_call=True, spot=spot, at=at, stamp=stamp) for k in grid
-            ],
-            "puts": [
-                self._option_row(spec, expiry, k, is_call=False, spot=spot, at=at, stamp=stamp) for k in grid
-            ],
+            "calls": [self._option_row(spec, expiry, k, is_call=True, spot=spot, at=at, stamp=stamp) for k in grid],
+            "puts": [self._option_row(spec, expiry, k, is_call=False, spot=spot, at=at, stamp=stamp) for k in grid],
             "timestamp": stamp,
         }
         return [(OPTION_CHAIN, orjson.dumps(payload))]

@@ -44,7 +44,11 @@ async def test_tick_outputs(start_app: StartApp, redis: Redis, mongo: Mongo, db_
 
     event = heard.on("enriched:underlying")[0]
     assert event["type"] == "UNDERLYING_ENRICHED"
-    assert (event["product"], event["price"], event["timestamp"]) == ("NIFTY", 21503.45, "2025-01-20T10:15:30.123456")
+    assert (event["product"], event["price"], event["timestamp"]) == (
+        "NIFTY",
+        21503.45,
+        "2025-01-20T10:15:30.123456",
+    )
     assert datetime.fromisoformat(event["processed_at"]).tzinfo is not None
 
     assert await get_json(redis, "latest:underlying:NIFTY") == {
@@ -102,7 +106,7 @@ async def test_quote_outputs(start_app: StartApp, redis: Redis, mongo: Mongo, db
     assert surface["expiries"][0]["avg_iv"] == 0.2228
     assert 0 < await redis.ttl("volatility_surface:NIFTY") <= 300
     members = await redis.zrange("iv_surface:NIFTY", 0, -1, withscores=True)
-    assert [(orjson.loads(m), s) for m, s in members] == [
+    assert [(orjson.loads(m), s) for m, s in members] == [  # type: ignore[str-unpack,arg-type]
         ({"strike": 21500.0, "iv": 0.2228, "expiry": "2025-01-23"}, 21500.0)
     ]
 
@@ -151,7 +155,11 @@ async def test_chain_outputs(
     assert 290 < await redis.ttl("latest:chain:NIFTY:2025-01-23") <= 300
 
     pcr = await get_json(redis, "latest:pcr:NIFTY:2025-01-23")
-    assert pcr == {"pcr_oi": expected["pcr_oi"], "pcr_volume": expected["pcr_volume"], "timestamp": chain["timestamp"]}
+    assert pcr == {
+        "pcr_oi": expected["pcr_oi"],
+        "pcr_volume": expected["pcr_volume"],
+        "timestamp": chain["timestamp"],
+    }
     assert 290 < await redis.ttl("latest:pcr:NIFTY:2025-01-23") <= 300
     assert [key async for key in redis.scan_iter("latest:pcr:NIFTY:*")] == [b"latest:pcr:NIFTY:2025-01-23"]
 
@@ -181,7 +189,7 @@ async def test_iv_surface_stays_bounded(start_app: StartApp, redis: Redis, mongo
     await stored(mongo, db_name, "option_chains", 5)
     # The old service only ever added members; five chains of 21 strikes made 105.
     assert await redis.zcard("iv_surface:NIFTY") == 21
-    ivs = {orjson.loads(m)["iv"] for m in await redis.zrange("iv_surface:NIFTY", 0, -1)}
+    ivs = {orjson.loads(m)["iv"] for m in await redis.zrange("iv_surface:NIFTY", 0, -1)}  # type: ignore[arg-type]
     assert ivs == {0.14}
 
 
@@ -211,8 +219,14 @@ async def test_duplicate_delivery_processed_once(
 async def test_feed_restart_loses_nothing(start_app: StartApp, redis: Redis, mongo: Mongo, db_name: str) -> None:
     """tick_id restarts at 0 with the feed; the old tick_id-only key dropped the next hour."""
     await start_app()
-    before = [with_fields(sample("synthetic_underlying.json"), tick_id=i, timestamp=f"2025-01-20T10:00:0{i}") for i in range(5)]
-    after = [with_fields(sample("synthetic_underlying.json"), tick_id=i, timestamp=f"2025-01-20T10:30:0{i}") for i in range(5)]
+    before = [
+        with_fields(sample("synthetic_underlying.json"), tick_id=i, timestamp=f"2025-01-20T10:00:0{i}")
+        for i in range(5)
+    ]
+    after = [
+        with_fields(sample("synthetic_underlying.json"), tick_id=i, timestamp=f"2025-01-20T10:30:0{i}")
+        for i in range(5)
+    ]
     await publish(redis, UNDERLYING, *before)
     await stored(mongo, db_name, "underlying_ticks", 5)
     await publish(redis, UNDERLYING, *after)
@@ -234,7 +248,8 @@ async def test_real_data_provider_shape(start_app: StartApp, redis: Redis, mongo
     assert chain["calls"][0]["open_interest"] == chain["calls"][0]["oi"]
     assert chain["total_call_oi"] == sum(row["oi"] for row in chain["calls"])
     tick = await mongo[db_name].underlying_ticks.find_one({}, {"_id": 0})
-    assert tick is not None and tick["volume"] == 1250
+    assert tick is not None
+    assert tick["volume"] == 1250
 
 
 async def test_bad_input_is_dead_lettered_and_good_input_flows(

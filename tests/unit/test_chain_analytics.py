@@ -38,9 +38,7 @@ def make_chain(
 ) -> Chain:
     n = len(strikes)
 
-    def column(
-        values: Sequence[float] | None, default: float
-    ) -> np.ndarray[tuple[int], np.dtype[np.float64]]:
+    def column(values: Sequence[float] | None, default: float) -> np.ndarray[tuple[int], np.dtype[np.float64]]:
         return np.array([default] * n if values is None else values, dtype=np.float64)
 
     return Chain(
@@ -66,9 +64,7 @@ def brute_force_max_pain(strikes: Sequence[float], call_oi: Sequence[int], put_o
     rows = [(Fraction(k), c, p) for k, c, p in zip(strikes, call_oi, put_oi, strict=True)]
 
     def pain(s: Fraction) -> Fraction:
-        return sum(
-            (c * max(Fraction(0), s - k) + p * max(Fraction(0), k - s) for k, c, p in rows), Fraction(0)
-        )
+        return sum((c * max(Fraction(0), s - k) + p * max(Fraction(0), k - s) for k, c, p in rows), Fraction(0))
 
     return float(min(sorted(Fraction(k) for k in strikes), key=pain))  # min keeps the first, lowest, tie
 
@@ -85,9 +81,7 @@ def test_max_pain_contract_example() -> None:
 
 def test_max_pain_unsorted_strikes() -> None:
     order = [2, 0, 1]
-    shuffled = [
-        [column[i] for i in order] for column in (CONTRACT_STRIKES, CONTRACT_CALL_OI, CONTRACT_PUT_OI)
-    ]
+    shuffled = [[column[i] for i in order] for column in (CONTRACT_STRIKES, CONTRACT_CALL_OI, CONTRACT_PUT_OI)]
     assert max_pain_strike(*shuffled) == 21500.0
 
 
@@ -242,9 +236,7 @@ def test_batch_equals_per_chain(batch_of: list[Chain]) -> None:
 
 def test_batch_survives_pickling() -> None:
     batch_of = [
-        make_chain(
-            CONTRACT_STRIKES, CONTRACT_CALL_OI, CONTRACT_PUT_OI, spot=21510.0, call_last=[1.0, 2.0, 3.0]
-        ),
+        make_chain(CONTRACT_STRIKES, CONTRACT_CALL_OI, CONTRACT_PUT_OI, spot=21510.0, call_last=[1.0, 2.0, 3.0]),
         make_chain([5.0], [1.0], [2.0], spot=4.0, put_last=[0.5]),
     ]
     batch = pack_chains(batch_of)

@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m bench.throughput --help`. Not part of the installed package."""

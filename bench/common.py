@@ -1,0 +1,266 @@
+"""Shared helpers of the benchmarks: /proc sampling, subprocess control, the output listener.
+
+CPU and memory come from /proc directly (no psutil: it is not a declared dependency).
+The process tree is found from each process's parent id in /proc/<pid>/stat, since this
+kernel has no /proc/<pid>/task/<tid>/children.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.metadata
+import os
+import platform
+import signal
+import subprocess
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import orjson
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from enricher.cache import ENRICHED_CHAIN, ENRICHED_UNDERLYING
+
+Key = tuple[str, str]  # (product, timestamp as sent)
+CLOCK_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def machine_header(redis_binary: str) -> list[str]:
+    model = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    redis_version = subprocess.run(
+        [redis_binary, "--version"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    try:
+        secantus = importlib.metadata.version("SecantusDB")
+    except importlib.metadata.PackageNotFoundError:
+        secantus = "?"
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    return [
+        f"machine: nproc={os.cpu_count()} (usable {len(os.sched_getaffinity(0))}), cpu={model}",
+        f"python:  {platform.python_version()} ({platform.python_implementation()})",
+        f"redis:   {redis_version}",
+        f"mongodb: SecantusDB {secantus} (:memory:)",
+        f"load average at start: {load}",
+    ]
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rfind(")") + 2 :].split()  # fields from the 3rd (state) on
+
+
+def _children_map() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            fields = _stat_fields(int(name))
+            if fields is not None:
+                children.setdefault(int(fields[1]), []).append(int(name))
+    return children
+
+
+def process_tree(root: int) -> list[int]:
+    children, tree, todo = _children_map(), [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo += children.get(pid, [])
+    return tree
+
+
+def cpu_seconds(pid: int) -> float | None:
+    fields = _stat_fields(pid)
+    return None if fields is None else (int(fields[11]) + int(fields[12])) / CLOCK_TICK
+
+
+def rss_kib(pid: int) -> int:
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+class TreeSampler:
+    """CPU seconds and peak RSS of a process tree since `mark()`; exited children keep their last CPU."""
+
+    def __init__(self, root: int, rescan_every: float = 1.0) -> None:
+        self.root = root
+        self._rescan_every = rescan_every
+        self._pids: list[int] = []
+        self._scanned_at = 0.0
+        self._cpu: dict[int, float] = {}
+        self._base: dict[int, float] = {}
+        self.peak_rss_kib = 0
+
+    def sample(self) -> None:
+        now = time.monotonic()
+        if now - self._scanned_at >= self._rescan_every:
+            self._pids, self._scanned_at = process_tree(self.root), now
+        rss = 0
+        for pid in self._pids:
+            seconds = cpu_seconds(pid)
+            if seconds is not None:
+                self._cpu[pid] = seconds
+                rss += rss_kib(pid)
+        self.peak_rss_kib = max(self.peak_rss_kib, rss)
+
+    def mark(self) -> None:
+        self._scanned_at = 0.0
+        self.sample()
+        self._base = dict(self._cpu)
+        self.peak_rss_kib = 0
+        self.sample()
+
+    def cpu_since_mark(self) -> float:
+        self._scanned_at = 0.0
+        self.sample()
+        return sum(seconds - self._base.get(pid, 0.0) for pid, seconds in self._cpu.items())
+
+    def pids(self) -> list[int]:
+        return process_tree(self.root)
+
+    async def run(self, interval: float = 0.1) -> None:
+        while True:
+            self.sample()
+            await asyncio.sleep(interval)
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> int | None:
+    """SIGTERM, wait, SIGKILL; then SIGKILL any descendant the process left behind."""
+    if proc.poll() is not None:
+        return proc.returncode
+    descendants = [pid for pid in process_tree(proc.pid) if pid != proc.pid]
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    for pid in descendants:
+        if _stat_fields(pid) is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    return proc.returncode
+
+
+async def wait_subscribed(
+    redis: Redis,
+    channels: Sequence[str],
+    baseline: dict[str, int],
+    proc: subprocess.Popen[bytes],
+    within: float,
+) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"consumer exited with status {proc.returncode} before subscribing")
+        counts = await subscriber_counts(redis, channels)
+        if all(counts[c] >= baseline.get(c, 0) + 1 for c in channels):
+            return
+        await asyncio.sleep(0.02)
+    raise RuntimeError(f"consumer not subscribed to {list(channels)} within {within:.0f} s")
+
+
+async def subscriber_counts(redis: Redis, channels: Sequence[str]) -> dict[str, int]:
+    pairs = await redis.pubsub_numsub(*channels)
+    return {(c.decode() if isinstance(c, bytes) else str(c)): int(n) for c, n in pairs}
+
+
+def output_key(data: bytes) -> Key:
+    doc = orjson.loads(data)
+    return str(doc["product"]), str(doc["timestamp"])
+
+
+class Listener:
+    """Records the arrival time of every enriched output, on its own connection."""
+
+    channels = (ENRICHED_UNDERLYING, ENRICHED_CHAIN)
+
+    def __init__(self, url: str) -> None:
+        self._redis = Redis.from_url(url)
+        self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        self.arrivals: list[tuple[float, str, bytes]] = []
+        self.counts = dict.fromkeys(self.channels, 0)
+        self.expected = dict.fromkeys(self.channels, 0)
+        self.complete = asyncio.Event()
+        self.failed: str | None = None  # why the listener stopped, if it did (e.g. cut off by Redis)
+
+    async def start(self) -> None:
+        await self._pubsub.subscribe(*self.channels)
+        while any(n < 1 for n in (await subscriber_counts(self._redis, self.channels)).values()):
+            await self._pubsub.get_message(timeout=0.05)
+
+    def reset(self, expected_ticks: int, expected_chains: int) -> None:
+        self.arrivals, self.counts = [], dict.fromkeys(self.channels, 0)
+        self.complete.clear()
+        self.expect(expected_ticks, expected_chains)
+
+    def expect(self, ticks: int, chains: int) -> None:
+        self.expected = {ENRICHED_UNDERLYING: ticks, ENRICHED_CHAIN: chains}
+        self._check()
+
+    def _check(self) -> None:
+        if all(self.counts[c] >= self.expected[c] for c in self.channels):
+            self.complete.set()
+
+    async def run(self) -> None:
+        try:
+            while True:
+                message = await self._pubsub.get_message(timeout=None)
+                if message is None or message["type"] != "message":
+                    continue
+                channel = message["channel"].decode()
+                self.arrivals.append((time.perf_counter(), channel, message["data"]))
+                self.counts[channel] += 1
+                self._check()
+        except RedisError as exc:  # outputs published from now on are lost to the benchmark
+            self.failed = f"{type(exc).__name__}: {exc}"
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+        await self._redis.aclose()
+
+
+def latencies_ms(arrivals: Iterable[tuple[float, str, bytes]], sent: dict[Key, float]) -> tuple[list[float], int]:
+    """Arrival minus publish time per matched output, sorted; and how many outputs matched nothing."""
+    out, unmatched, seen = [], 0, set()
+    for at, _, data in arrivals:
+        key = output_key(data)
+        if key in sent and key not in seen:
+            seen.add(key)
+            out.append((at - sent[key]) * 1000.0)
+        else:
+            unmatched += 1
+    return sorted(out), unmatched
+
+
+def percentile(ordered: Sequence[float], q: float) -> float | None:
+    if not ordered:
+        return None
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def fmt(value: float | None, spec: str = ".1f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def print_table(title: str, columns: Sequence[str], rows: Sequence[tuple[str, Sequence[str]]]) -> None:
+    width = max([len(name) for name, _ in rows] + [len(title)])
+    cells = [max([len(col)] + [len(r[1][i]) for r in rows]) for i, col in enumerate(columns)]
+    print(f"\n{title:<{width}}  " + "  ".join(f"{c:>{w}}" for c, w in zip(columns, cells, strict=True)))
+    print("-" * (width + sum(w + 2 for w in cells)))
+    for name, values in rows:
+        print(f"{name:<{width}}  " + "  ".join(f"{v:>{w}}" for v, w in zip(values, cells, strict=True)))

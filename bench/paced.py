@@ -1,0 +1,117 @@
+"""Real-rate mode of bench.throughput: the feed at R loops/s (8 products), latency and CPU per consumer."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from bench import harness
+from bench.common import Key, TreeSampler, fmt, latencies_ms, percentile, print_table
+from enricher.feed.publisher import publish_paced
+from enricher.feed.synthetic import Message, SyntheticFeed
+from enricher.records import OPTION_CHAIN, OPTION_QUOTE, UNDERLYING
+from enricher.store import CHAINS, QUOTES, TICKS
+
+KINDS = ("bare", "persist")
+NAMES = {"bare": "bare", "persist": "enricher"}
+
+
+class StampedFeed(SyntheticFeed):
+    """The real-clock feed, noting when each loop's ticks and chains go out (just before the publish)."""
+
+    def __init__(self, sent: dict[Key, float], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.sent = sent
+        self.last_ids: dict[str, str] = {}  # collection -> _id of the last document sent
+
+    def loop(self) -> list[Message]:
+        out = super().loop()
+        docs = [(channel, orjson.loads(payload)) for channel, payload in out]
+        now = time.perf_counter()
+        for channel, doc in docs:
+            if channel != OPTION_QUOTE:
+                self.sent[doc["product"], doc["timestamp"]] = now
+            self.last_ids[harness.COLLECTION_OF[channel]] = harness.stored_id(channel, doc)
+        return out
+
+
+@dataclass
+class PacedResult:
+    name: str
+    published: int = 0
+    duration: float = 0.0
+    outputs: str = "-"
+    docs: str = "-"
+    latencies: list[float] = field(default_factory=list)
+    cpu_percent: float | None = None
+    rss_kib: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+async def run_one(ctx: harness.Context, kind: str, rate: float, duration: float) -> PacedResult:
+    result = PacedResult(f"{NAMES[kind]} @{rate:g}/s", duration=duration)
+    async with harness.consumer(ctx, kind) as running:
+        ctx.listener.reset(1 << 62, 1 << 62)  # not known until the feed stops
+        tree = TreeSampler(running.proc.pid)
+        tree.mark()
+        sampling = asyncio.create_task(tree.run())
+        sent: dict[Key, float] = {}
+        try:
+            start = time.perf_counter()
+            feed = StampedFeed(sent, seed=int(time.time()))
+            counts = await publish_paced(ctx.redis, feed, rate=rate, duration=duration)
+            ticks, chains = counts.get(UNDERLYING, 0), counts.get(OPTION_CHAIN, 0)
+            ctx.listener.expect(ticks, chains)
+            docs = {TICKS: ticks, QUOTES: counts.get(OPTION_QUOTE, 0), CHAINS: chains}
+            done = await harness.wait_done(ctx, running, harness.Expected(docs, feed.last_ids))
+            wall = time.perf_counter() - start
+            result.cpu_percent = 100.0 * tree.cpu_since_mark() / wall
+            result.rss_kib = tree.peak_rss_kib
+        finally:
+            sampling.cancel()
+        result.published = sum(counts.values())
+        result.outputs = f"{len(ctx.listener.arrivals)}/{ticks + chains}"
+        if running.db is not None:
+            result.docs = f"{sum(done.docs.values())}/{result.published}"
+        result.latencies, unmatched = latencies_ms(ctx.listener.arrivals, sent)
+        if done.end is None:
+            result.notes.append(f"INCOMPLETE after {ctx.timeout:.0f} s (exit status {done.exited})")
+        if unmatched:
+            result.notes.append(f"{unmatched} outputs matched no input")
+        if ctx.listener.failed:
+            result.notes.append(f"the listener lost its connection: {ctx.listener.failed}")
+    logged = running.log_lines()
+    if kind != "bare" and logged:
+        result.notes.append(f"enricher logged {len(logged)} lines at warning+; last: {logged[-1][:300]}")
+    return result
+
+
+async def run_all(ctx: harness.Context, rates: Sequence[float], duration: float, kinds: Sequence[str]) -> None:
+    results = []
+    for rate in rates:
+        for kind in kinds:
+            print(f"  running {NAMES[kind]} at {rate:g} loops/s for {duration:g} s ...", flush=True)
+            results.append(await run_one(ctx, kind, rate, duration))
+    rows = [
+        ("messages published", [str(r.published) for r in results]),
+        ("input msg/s", [fmt(r.published / r.duration, ".0f") for r in results]),
+        ("outputs received/expected", [r.outputs for r in results]),
+        ("docs stored/expected", [r.docs for r in results]),
+        ("latency p50, ms", [fmt(percentile(r.latencies, 0.5)) for r in results]),
+        ("latency p99, ms", [fmt(percentile(r.latencies, 0.99)) for r in results]),
+        ("latency max, ms", [fmt(r.latencies[-1] if r.latencies else None) for r in results]),
+        ("CPU % of one core (process tree)", [fmt(r.cpu_percent) for r in results]),
+        (
+            "peak RSS, MiB (process tree)",
+            [fmt(None if r.rss_kib is None else r.rss_kib / 1024) for r in results],
+        ),
+    ]
+    print_table(f"real rate: 8 products, {duration:g} s per run", [r.name for r in results], rows)
+    for r in results:
+        for note in r.notes:
+            print(f"  [{r.name}] {note}")

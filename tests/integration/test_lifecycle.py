@@ -1,0 +1,98 @@
+"""The daemon as operators run it: a subprocess, stopped by a signal."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pymongo import AsyncMongoClient
+from redis.asyncio import Redis
+
+from enricher.feed.publisher import publish_burst
+from enricher.feed.synthetic import SyntheticFeed
+from enricher.records import CHANNELS, OPTION_CHAIN, OPTION_QUOTE, UNDERLYING
+from tests.conftest import wait_for
+
+COLLECTIONS = {UNDERLYING: "underlying_ticks", OPTION_QUOTE: "option_quotes", OPTION_CHAIN: "option_chains"}
+
+
+def start_daemon(redis_url: str, mongo_url: str, db_name: str, log: Path, **env: str) -> subprocess.Popen[bytes]:
+    """The daemon's logs go to a file: an unread pipe fills up and blocks it."""
+    environ = {
+        **os.environ,
+        "REDIS_URL": redis_url,
+        "MONGO_URL": mongo_url,
+        "ENRICHER_MONGO_DB": db_name,
+        "ENRICHER_LOG_LEVEL": "info",
+        "ENRICHER_LOG_FORMAT": "json",
+        **env,
+    }
+    with log.open("wb") as sink:
+        return subprocess.Popen(
+            [sys.executable, "-m", "enricher", "run"], env=environ, stdout=sink, stderr=subprocess.STDOUT
+        )
+
+
+async def subscribed(redis: Redis, expected: int = 1) -> bool:
+    counts = await redis.pubsub_numsub(*CHANNELS)
+    return all(n >= expected for _, n in counts)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+async def test_signal_drains_and_flushes_everything_received(
+    signum: signal.Signals,
+    redis: Redis,
+    redis_base_url: str,
+    mongo: AsyncMongoClient[dict[str, Any]],
+    mongo_url: str,
+    db_name: str,
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "daemon.log"
+    daemon = start_daemon(redis_base_url, mongo_url, db_name, log, ENRICHER_POOL_WORKERS="1")
+    try:
+        await wait_for(lambda: subscribed(redis), timeout=30, what="daemon subscription")
+        feed = SyntheticFeed(seed=7, start=datetime(2025, 1, 20, 4, 0, tzinfo=UTC), step=timedelta(milliseconds=5))
+        sent = await publish_burst(redis, feed.burst(1000, 2000, 50))
+        daemon.send_signal(signum)  # at once: much of the burst is still queued or in flight
+        status = await asyncio.to_thread(daemon.wait, 60)
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+    output = log.read_bytes()
+    assert status == 0, output.decode()[-2000:]
+    stored = Counter({channel: await mongo[db_name][name].count_documents({}) for channel, name in COLLECTIONS.items()})
+    assert stored == Counter(sent)
+    assert b'"event": "stopped"' in output
+    assert await redis.llen("dlq:enrichment") == 0
+
+
+def test_run_help_documents_every_setting() -> None:
+    from enricher.settings import FIELDS
+
+    result = subprocess.run(
+        [sys.executable, "-m", "enricher", "run", "--help"], capture_output=True, text=True, check=True
+    )
+    for spec in FIELDS:
+        assert spec.metadata["env"] in result.stdout, spec.name
+        assert "--" + spec.name.replace("_", "-") in result.stdout, spec.name
+
+
+def test_bad_setting_exits_2_with_a_reason() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "enricher", "run", "--workers", "0"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "workers must be at least 1" in result.stderr

@@ -1,0 +1,168 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from enricher.timestamps import expiry_from_instrument, parse_event_time, parse_expiry
+
+KOLKATA = ZoneInfo("Asia/Kolkata")
+NEW_YORK = ZoneInfo("America/New_York")
+
+
+@pytest.mark.parametrize(
+    ("text", "feed_tz", "expected"),
+    [
+        # naive: the feed's wall clock
+        ("2025-01-20T10:15:30", KOLKATA, datetime(2025, 1, 20, 4, 45, 30, tzinfo=UTC)),
+        ("2025-01-20T10:15:30.123456", UTC, datetime(2025, 1, 20, 10, 15, 30, 123456, tzinfo=UTC)),
+        ("2025-07-01T09:30:00", NEW_YORK, datetime(2025, 7, 1, 13, 30, tzinfo=UTC)),  # EDT
+        ("2025-01-02T09:30:00", NEW_YORK, datetime(2025, 1, 2, 14, 30, tzinfo=UTC)),  # EST
+        # an explicit offset wins over the feed's zone
+        ("2025-01-20T10:15:30Z", KOLKATA, datetime(2025, 1, 20, 10, 15, 30, tzinfo=UTC)),
+        ("2025-01-20T10:15:30+05:30", NEW_YORK, datetime(2025, 1, 20, 4, 45, 30, tzinfo=UTC)),
+        ("2025-01-20T10:15:30.5-02:00", UTC, datetime(2025, 1, 20, 12, 15, 30, 500000, tzinfo=UTC)),
+        ("2025-01-20 10:15:30", UTC, datetime(2025, 1, 20, 10, 15, 30, tzinfo=UTC)),
+    ],
+)
+def test_event_time(text: str, feed_tz: ZoneInfo, expected: datetime) -> None:
+    moment = parse_event_time(text, feed_tz)
+    assert moment == expected
+    assert moment.utcoffset() == timedelta(0)
+    assert moment.tzinfo is UTC
+
+
+def test_naive_and_offset_spellings_of_one_instant_agree() -> None:
+    naive = parse_event_time("2025-01-20T10:15:30.123456", KOLKATA)
+    offset = parse_event_time("2025-01-20T04:45:30.123456+00:00", NEW_YORK)
+    assert naive == offset
+    assert naive.isoformat() == offset.isoformat()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "yesterday",
+        "2025-13-01T00:00:00",
+        "2025-02-30T00:00:00",
+        "2025-01-20T25:00:00",
+        "１９７０-01-01T00:00:00",  # fullwidth digits
+        "1969-12-31T23:59:59Z",
+        "2201-01-01T00:00:00",
+        "0001-01-01T00:00:00+01:00",  # no UTC equivalent at all
+        "9999-12-31T23:59:59-01:00",
+        "1970-01-01T00:30:00+05:30",  # 1969 in UTC
+        "2025-01-20T10:15:30\x00",
+        "\ud800",
+    ],
+)
+def test_bad_event_time(text: str) -> None:
+    with pytest.raises(ValueError, match=r".") as caught:
+        parse_event_time(text, UTC)
+    assert not isinstance(caught.value, OverflowError)
+
+
+@pytest.mark.parametrize("value", [None, 1737368130, 1.5, b"2025-01-20", ["2025-01-20"]])
+def test_event_time_must_be_a_string(value: object) -> None:
+    with pytest.raises(ValueError, match="string"):
+        parse_event_time(value, UTC)  # type: ignore[arg-type]
+
+
+def test_year_bounds_are_inclusive() -> None:
+    assert parse_event_time("1970-01-01T00:00:00Z", UTC).year == 1970
+    assert parse_event_time("2200-12-31T23:59:59Z", UTC).year == 2200
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=40))
+def test_event_time_raises_only_value_error(text: str) -> None:
+    try:
+        moment = parse_event_time(text, KOLKATA)
+    except ValueError:
+        return
+    assert moment.tzinfo is UTC
+    assert 1970 <= moment.year <= 2200
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.datetimes(min_value=datetime(1971, 1, 1), max_value=datetime(2199, 1, 1)))
+def test_naive_round_trip(moment: datetime) -> None:
+    parsed = parse_event_time(moment.isoformat(), timezone(timedelta(hours=-3)))
+    assert parsed == moment.replace(tzinfo=UTC) + timedelta(hours=3)
+
+
+def test_expiry() -> None:
+    assert parse_expiry("2025-01-23") == "2025-01-23"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "20250123",
+        "2025-1-23",
+        "2025-01-32",
+        "2025-W04-4",
+        "23-01-2025",
+        "1969-12-31",
+        "2201-01-01",
+        "",
+        20250123,
+        None,
+    ],
+)
+def test_bad_expiry(value: object) -> None:
+    with pytest.raises(ValueError, match=r"."):
+        parse_expiry(value)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("NIFTY_23JAN2025_21500_CE", ("NIFTY", "2025-01-23", 21500.0, "CALL")),
+        ("NIFTY_23JAN2025_21500_PE", ("NIFTY", "2025-01-23", 21500.0, "PUT")),
+        ("BANKNIFTY_05DEC2024_51000.5_PE", ("BANKNIFTY", "2024-12-05", 51000.5, "PUT")),
+        ("M&M_27FEB2025_2900_CE", ("M&M", "2025-02-27", 2900.0, "CALL")),
+        ("NIFTY_NEXT_50_27FEB2025_70000_CE", ("NIFTY_NEXT_50", "2025-02-27", 70000.0, "CALL")),
+    ],
+)
+def test_instrument(name: str, expected: tuple[str, str, float, str]) -> None:
+    assert expiry_from_instrument(name) == expected
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "",
+        "NIFTY",
+        "NIFTY_23JAN2025_21500",
+        "NIFTY_23JAN2025_21500_XE",
+        "NIFTY_23JAN2025_21500_ce",
+        "NIFTY_23Jan2025_21500_CE",
+        "NIFTY_32JAN2025_21500_CE",
+        "NIFTY_29FEB2025_21500_CE",
+        "NIFTY_2JAN2025_21500_CE",
+        "NIFTY_23JAN1969_21500_CE",
+        "NIFTY_23JAN2025_0_CE",
+        "NIFTY_23JAN2025_-100_CE",
+        "NIFTY_23JAN2025_nan_CE",
+        "NIFTY_23JAN2025_inf_CE",
+        "NIFTY_23JAN2025_1e5_CE",
+        "NIFTY_23JAN2025_ 21500_CE",
+        "NIFTY_23JAN2025_21_500_CE",
+        "NIFTY_23JAN2025_٢١٥٠٠_CE",
+        "NIFTY_23JAN2025_" + "9" * 400 + "_CE",
+    ],
+)
+def test_bad_instrument(name: str) -> None:
+    with pytest.raises(ValueError, match=r"."):
+        expiry_from_instrument(name)
+
+
+@pytest.mark.parametrize("value", [None, 21500, ["NIFTY_23JAN2025_21500_CE"]])
+def test_instrument_must_be_a_string(value: object) -> None:
+    with pytest.raises(ValueError, match="string"):
+        expiry_from_instrument(value)  # type: ignore[arg-type]
