@@ -35,8 +35,10 @@ async def run_demo(args: argparse.Namespace) -> int:
         loop.add_signal_handler(signum, stop.set)
     print("starting redis-server and SecantusDB ...", flush=True)
     with contextlib.ExitStack() as servers:
-        redis_server = servers.enter_context(await asyncio.to_thread(RedisServer().start))
-        mongo_server = servers.enter_context(await asyncio.to_thread(MongoServer().start))
+        redis_server, mongo_server = RedisServer(), MongoServer()
+        servers.callback(redis_server.close)
+        servers.callback(mongo_server.close)
+        await asyncio.gather(asyncio.to_thread(redis_server.start), asyncio.to_thread(mongo_server.start))
         settings = Settings(redis_url=redis_server.url, mongo_url=mongo_server.url, log_level="warning", pool_workers=1)
         print(f"redis {redis_server.url}  mongodb {mongo_server.url}  (Ctrl-C to stop)", flush=True)
         async with Enricher(settings) as app:

@@ -105,6 +105,8 @@ class _Server:
         return self._proc is not None and self._proc.poll() is None
 
     def start(self, timeout: float = 30.0) -> Self:
+        if self.running:
+            raise ServerError(f"{self.name} already runs on port {self.port}")
         log = (self.workdir / f"{self.name}.log").open("ab")
         self._proc = subprocess.Popen(self._command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log.close()

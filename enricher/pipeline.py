@@ -52,6 +52,7 @@ COLLECTION = {UNDERLYING: TICKS, OPTION_QUOTE: QUOTES, OPTION_CHAIN: CHAINS}
 CANDLE_WINDOWS = (1, 5, 15)
 
 Item = tuple[Record, RawMessage, str]  # record, its raw message, its idempotency key
+Outcomes = dict[int, str]  # id(raw message) -> its outcome
 
 
 class Pipeline:
@@ -78,42 +79,49 @@ class Pipeline:
         self.surfaces = SurfaceBook(max_strikes=settings.max_strikes)
         self._turns = {channel: TurnTaker() for channel in CHANNELS}
 
-    async def handle(self, channel: str, batch: Sequence[RawMessage]) -> None:
+    async def handle(self, channel: str, batch: Sequence[RawMessage]) -> list[str]:
+        """Process one batch; return each message's outcome, in order.
+
+        The outcome is `processed`, `duplicate`, `invalid` or `failed` (the last two were
+        dead-lettered). `processed` means cached, published and handed to the MongoDB writer.
+        """
+        outcomes: Outcomes = {}
         turns = self._turns[channel]
         ticket = turns.ticket()  # before any await: tickets follow the queue's order
         try:
-            items, analysed = await self._prepare(channel, batch)
+            items, analysed = await self._prepare(channel, batch, outcomes)
             await turns.turn(ticket)
             applied = self._apply_safely(channel, items, analysed)
         finally:
             turns.done(ticket)
         if isinstance(applied, Exception):
-            await self._give_up(channel, items, applied, attempts=1)
-            return
-        if not items:
-            return
-        started = time.perf_counter()
-        outputs, pending = applied
-        if not await self._write_with_retry(channel, items, outputs):
-            return
-        if self._store is not None:
-            self._store.add(COLLECTION[channel], pending)
-        else:
-            await self._idem.mark_done([key for _, _, key in items])
-        self._account(channel, items, time.perf_counter() - started)
+            await self._give_up(channel, items, applied, 1, outcomes)
+        elif items:
+            started = time.perf_counter()
+            outputs, pending = applied
+            if await self._write_with_retry(channel, items, outputs, outcomes):
+                if self._store is not None:
+                    self._store.add(COLLECTION[channel], pending)
+                else:
+                    await self._idem.mark_done([key for _, _, key in items])
+                self._account(channel, items, time.perf_counter() - started, outcomes)
+        return [outcomes.get(id(raw), FAILED) for raw in batch]
 
-    async def _prepare(self, channel: str, batch: Sequence[RawMessage]) -> tuple[list[Item], list[Any]]:
+    async def _prepare(
+        self, channel: str, batch: Sequence[RawMessage], outcomes: Outcomes
+    ) -> tuple[list[Item], list[Any]]:
         """Parse, claim and analyse: everything that may overlap with other batches."""
-        parsed = self._parse(channel, batch)
+        parsed = self._parse(channel, batch, outcomes)
         try:
-            items = await self._claim(channel, parsed)
+            items = await self._claim(channel, parsed, outcomes)
         except Exception as exc:  # Redis stayed down through every retry
-            await self._give_up(channel, [(record, raw, "") for record, raw in parsed], exc, attempts=0)
+            unclaimed = [(record, raw, "") for record, raw in parsed]
+            await self._give_up(channel, unclaimed, exc, self._settings.retry_attempts, outcomes)
             return [], []
         try:
             return items, await self._analyse(channel, items)
         except Exception as exc:  # the pool failed twice, or a chain the kernels reject
-            await self._give_up(channel, items, exc, attempts=1)
+            await self._give_up(channel, items, exc, 1, outcomes)
             return [], []
 
     def _apply_safely(
@@ -127,7 +135,7 @@ class Pipeline:
             log.exception("enrich_failed", channel=channel, batch=len(items))
             return exc
 
-    def _parse(self, channel: str, batch: Sequence[RawMessage]) -> list[tuple[Record, RawMessage]]:
+    def _parse(self, channel: str, batch: Sequence[RawMessage], outcomes: Outcomes) -> list[tuple[Record, RawMessage]]:
         parsed = []
         settings = self._settings
         for raw in batch:
@@ -141,19 +149,20 @@ class Pipeline:
                 )
             except InvalidMessage as exc:
                 self._metrics.count(channel, INVALID)
+                outcomes[id(raw)] = INVALID
                 log.warning("invalid_message", channel=channel, reason=exc.reason, detail=exc.detail[:200])
                 self._dead.reject(channel, raw.data, exc.reason, exc.detail)
                 continue
             parsed.append((record, raw))
         return parsed
 
-    async def _claim(self, channel: str, parsed: list[tuple[Record, RawMessage]]) -> list[Item]:
+    async def _claim(self, channel: str, parsed: list[tuple[Record, RawMessage]], outcomes: Outcomes) -> list[Item]:
         kind = KIND[channel]
         unique: dict[str, tuple[Record, RawMessage]] = {}
         for record, raw in parsed:
             key = mark_key(kind, record.identity)
             if key in unique:
-                self._metrics.count(channel, DUPLICATE)  # the same message twice in one batch
+                self._duplicate(channel, record, raw, outcomes)  # the same message twice in one batch
             else:
                 unique[key] = (record, raw)
         if not unique:
@@ -165,7 +174,7 @@ class Pipeline:
                 items.append((record, raw, key))
             else:
                 # BUSY: another delivery holds it now and will finish it (or its mark expires).
-                self._metrics.count(channel, DUPLICATE)
+                self._duplicate(channel, record, raw, outcomes)
         return items
 
     async def _analyse(self, channel: str, items: list[Item]) -> list[Any]:
@@ -273,12 +282,12 @@ class Pipeline:
             points = self.surfaces.points(snapshot, self._settings.iv_surface_max)
             out.replace_sorted_set(keys.iv_surface_key(product), points, stamp)
 
-    async def _write_with_retry(self, channel: str, items: list[Item], outputs: Outputs) -> bool:
+    async def _write_with_retry(self, channel: str, items: list[Item], outputs: Outputs, outcomes: Outcomes) -> bool:
         try:
             await self._retry(channel, lambda: self._cache.write(outputs))
         except Exception as exc:
             attempts = self._settings.retry_attempts if is_transient(exc) else 1
-            await self._give_up(channel, items, exc, attempts=attempts)
+            await self._give_up(channel, items, exc, attempts, outcomes)
             return False
         return True
 
@@ -297,22 +306,33 @@ class Pipeline:
                 await asyncio.sleep(delay)
         raise AssertionError("unreachable")
 
-    async def _give_up(self, channel: str, items: list[Item], exc: Exception, attempts: int) -> None:
+    async def _give_up(
+        self, channel: str, items: list[Item], exc: Exception, attempts: int, outcomes: Outcomes
+    ) -> None:
         self._metrics.count(channel, FAILED, len(items))
         error = redact_text(str(exc))[:1000]
+        log.error("gave_up", channel=channel, count=len(items), error_type=type(exc).__name__, error=error[:300])
         for _, raw, _ in items:
+            outcomes[id(raw)] = FAILED
             self._dead.reject(channel, raw.data, type(exc).__name__, error, attempts)
         try:
             await self._idem.release([key for _, _, key in items if key])
         except Exception as release_error:  # the marks expire after inflight_ttl anyway
             log.warning("release_failed", error=redact_text(str(release_error)))
 
-    def _account(self, channel: str, items: list[Item], seconds: float) -> None:
+    def _duplicate(self, channel: str, record: Record, raw: RawMessage, outcomes: Outcomes) -> None:
+        self._metrics.count(channel, DUPLICATE)
+        outcomes[id(raw)] = DUPLICATE
+        if debug_enabled(log):
+            log.debug("message", channel=channel, id=record.identity, outcome=DUPLICATE)
+
+    def _account(self, channel: str, items: list[Item], seconds: float, outcomes: Outcomes) -> None:
         metrics = self._metrics
         metrics.count(channel, PROCESSED, len(items))
         now = time.time()
         window = metrics.latency[channel]
         for _, raw, _ in items:
+            outcomes[id(raw)] = PROCESSED
             window.add(now - raw.received_at)
         if debug_enabled(log):
             for record, raw, _ in items:

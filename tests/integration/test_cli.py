@@ -1,0 +1,46 @@
+"""The commands the README promises: `demo` runs and cleans up; the docs match the settings."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from enricher.settings import FIELDS, flag
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_demo_runs_the_pipeline_and_leaves_nothing_behind() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "enricher", "demo", "--duration", "4", "--every", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout
+    ports = re.findall(r"127\.0\.0\.1:(\d+)", out)
+    assert len(ports) == 2, out
+    # A product line once a tick has been enriched: spot and a 1m candle with its tick count.
+    assert re.search(r"^NIFTY\s+\d+\.\d{2}\s.*/.*, \d+$", out, re.MULTILINE), out
+    assert "stopped: processed" in out
+    processes = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
+    for port in ports:
+        assert f":{port}" not in processes and f"--port {port}" not in processes, f"server on {port} still runs"
+
+
+def test_readme_documents_every_setting() -> None:
+    readme = (ROOT / "README.md").read_text()
+    for spec in FIELDS:
+        assert f"`{spec.metadata['env']}`" in readme, spec.name
+        assert f"`{flag(spec)}`" in readme, spec.name
+
+
+def test_readme_opens_with_the_two_commands() -> None:
+    readme = (ROOT / "README.md").read_text()
+    head = readme[: readme.index("## How it works")]
+    assert "pip install -e '.[demo]' && python -m enricher demo" in head
+    assert "pip install -e '.[test]' && pytest" in head
