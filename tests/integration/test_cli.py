@@ -29,7 +29,8 @@ def test_demo_runs_the_pipeline_and_leaves_nothing_behind() -> None:
     assert "stopped: processed" in out
     processes = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
     for port in ports:
-        assert f":{port}" not in processes and f"--port {port}" not in processes, f"server on {port} still runs"
+        assert f":{port}" not in processes, f"redis-server on {port} still runs"
+        assert f"--port {port}" not in processes, f"SecantusDB on {port} still runs"
 
 
 def test_readme_documents_every_setting() -> None:
