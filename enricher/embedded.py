@@ -174,10 +174,15 @@ class MongoServer(_Server):
         return f"mongodb://127.0.0.1:{self.port}/"
 
     def _command(self) -> list[str]:
-        return [
+        command = [
             self.binary, "--host", "127.0.0.1", "--port", str(self.port),
             "--storage-path", self.storage, "--log-level", "WARNING",
         ]  # fmt: skip
+        if self.storage != ":memory:":
+            # Without it an acknowledged write can vanish on SIGKILL, as on a mongod that
+            # acknowledges before its journal is flushed.
+            command.append("--sync-on-commit")
+        return command
 
     def _ready(self) -> bool:
         return _tcp_answers(self.port, b"", b"")

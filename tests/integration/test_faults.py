@@ -1,0 +1,153 @@
+"""Fault injection on real processes: MongoDB, Redis and a pool worker are SIGKILLed mid-run."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import pytest
+from pymongo import AsyncMongoClient
+from redis.asyncio import Redis
+
+from enricher.app import Enricher
+from enricher.embedded import MongoServer, RedisServer
+from enricher.feed.synthetic import SyntheticFeed
+from enricher.records import OPTION_CHAIN, UNDERLYING
+from enricher.settings import Settings
+from tests.conftest import wait_for
+from tests.integration.helpers import listening, publish
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def own_mongo() -> Iterator[MongoServer]:
+    """A SecantusDB of this test's own, on disk, so it can be killed and restarted."""
+    with MongoServer(persistent=True) as server:
+        yield server
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+async def running(make_settings: Callable[..., Settings]) -> AsyncIterator[Callable[..., Any]]:
+    apps: list[Enricher] = []
+
+    async def start(**overrides: Any) -> Enricher:
+        app = Enricher(make_settings(**overrides))
+        await app.start()
+        apps.append(app)
+        return app
+
+    yield start
+    for app in apps:
+        await app.stop()
+
+
+def ticks(feed: SyntheticFeed, count: int) -> list[bytes]:
+    return [payload for _, payload in feed.burst(count, 0, 0)]
+
+
+async def count(client: AsyncMongoClient[dict[str, Any]], db: str, collection: str) -> int:
+    return await client[db][collection].count_documents({})
+
+
+async def test_mongo_outage_loses_and_duplicates_nothing(
+    own_mongo: MongoServer, running: Callable[..., Any], redis: Redis, redis_base_url: str, db_name: str
+) -> None:
+    app = await running(mongo_url=own_mongo.url, mongo_timeout=1.0, mongo_op_timeout=2.0, flush_max_docs=50)
+    feed = SyntheticFeed(seed=1, start=datetime(2025, 1, 20, 4, 0, tzinfo=UTC), step=timedelta(milliseconds=7))
+    sent = ticks(feed, 1500)
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(own_mongo.url, serverSelectionTimeoutMS=20000)
+    try:
+        async with listening(redis_base_url, "enriched:underlying") as heard:
+            await publish(redis, UNDERLYING, *sent[:500])
+
+            async def some_stored() -> bool:
+                return await count(client, db_name, "underlying_ticks") > 0
+
+            await wait_for(some_stored, timeout=30, what="first documents")
+            own_mongo.kill()
+            # The live path goes on while MongoDB is down: cache, publishes, candles.
+            await publish(redis, UNDERLYING, *sent[500:1000])
+            await wait_for(lambda: len(heard.on("enriched:underlying")) == 1000, timeout=30, what="live outputs")
+            assert app.store is not None
+            assert app.store.buffered > 0
+            newest = orjson.loads(sent[999])
+            latest = orjson.loads(await redis.get(f"latest:underlying:{newest['product']}") or b"{}")
+            assert latest == {"price": newest["price"], "timestamp": newest["timestamp"]}
+            await asyncio.to_thread(own_mongo.start)
+            await publish(redis, UNDERLYING, *sent[1000:])
+
+            async def all_stored() -> bool:
+                return await count(client, db_name, "underlying_ticks") == len(sent)
+
+            await wait_for(all_stored, timeout=90, what="every tick stored after the restart")
+    finally:
+        await client.close()
+    assert app.metrics.events["mongo_retries"] > 0
+    assert await redis.llen("dlq:enrichment") == 0
+
+
+async def test_redis_outage_reconnects_and_resumes(
+    own_redis: RedisServer,
+    running: Callable[..., Any],
+    mongo: AsyncMongoClient[dict[str, Any]],
+    db_name: str,
+) -> None:
+    app = await running(redis_url=own_redis.url, retry_cap=0.5)
+    feed = SyntheticFeed(seed=2, start=datetime(2025, 1, 20, 4, 0, tzinfo=UTC), step=timedelta(milliseconds=7))
+    sent = ticks(feed, 600)
+    publisher = Redis.from_url(own_redis.url)
+    try:
+        await publish(publisher, UNDERLYING, *sent[:300])
+
+        async def stored(n: int) -> bool:
+            return await count(mongo, db_name, "underlying_ticks") == n
+
+        await wait_for(lambda: stored(300), timeout=30, what="ticks before the outage")
+        own_redis.kill()
+        await wait_for(lambda: not app.source.ready.is_set(), timeout=30, what="the source noticing")
+        await asyncio.to_thread(own_redis.start)
+        await wait_for(app.source.ready.is_set, timeout=30, what="resubscription")
+        await publisher.aclose()  # its pooled connection died with the server
+        publisher = Redis.from_url(own_redis.url)
+        await publish(publisher, UNDERLYING, *sent[300:])
+        await wait_for(lambda: stored(600), timeout=60, what="ticks after the outage")
+    finally:
+        await publisher.aclose()
+    assert app.metrics.events["redis_reconnects"] >= 1
+
+
+async def test_pool_worker_killed_is_rebuilt_and_nothing_lost(
+    running: Callable[..., Any], redis: Redis, mongo: AsyncMongoClient[dict[str, Any]], db_name: str
+) -> None:
+    app = await running(pool_workers=1, pool_min_strikes=0)
+    executor = app.pool.executor
+    assert executor is not None
+    workers = list(executor._processes)  # the pool's worker pids
+    assert workers
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    feed = SyntheticFeed(seed=3, start=datetime(2025, 1, 20, 4, 0, tzinfo=UTC), step=timedelta(milliseconds=7))
+    chains = [payload for _, payload in feed.burst(0, 0, 40)]
+    await publish(redis, OPTION_CHAIN, *chains)
+
+    async def stored() -> bool:
+        return await count(mongo, db_name, "option_chains") == len(chains)
+
+    await wait_for(stored, timeout=60, what="every chain stored")
+    assert app.metrics.events["pool_rebuilds"] >= 1
+    assert app.metrics.messages[OPTION_CHAIN, "processed"] == len(chains)
+    assert await redis.llen("dlq:enrichment") == 0
+    assert app.pool.executor is not None
+    assert set(app.pool.executor._processes).isdisjoint(workers)
