@@ -18,6 +18,7 @@ from typing import Any, Self, TypeVar
 import structlog
 from pymongo import AsyncMongoClient
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from enricher.backoff import Backoff
 from enricher.cache import Cache
@@ -25,6 +26,7 @@ from enricher.deadletter import DeadLetters
 from enricher.idempotency import Idempotency
 from enricher.intake import ChannelQueue, next_batch
 from enricher.metrics import Metrics
+from enricher.overflow import Backlog, ConflatingBacklog, SpillingBacklog
 from enricher.pipeline import Pipeline
 from enricher.pool import AnalyticsPool
 from enricher.records import CHANNELS
@@ -46,6 +48,7 @@ class Enricher:
         self.queues: dict[str, ChannelQueue] = {}
         self._stack = AsyncExitStack()
         self._workers: list[asyncio.Task[None]] = []
+        self._refills: list[asyncio.Task[None]] = []
         self._services: list[asyncio.Task[None]] = []
         self._intake: asyncio.Task[None] | None = None
         self._stop_lock = asyncio.Lock()
@@ -97,8 +100,11 @@ class Enricher:
             metrics=self.metrics,
         )
         for channel in CHANNELS:
-            queue = ChannelQueue(channel, s.queue_size, s.overflow(channel), self.metrics, self.dead_letters)
+            backlog = await self._backlog(channel)
+            queue = ChannelQueue(channel, s.queue_size, s.overflow(channel), self.metrics, self.dead_letters, backlog)
             self.queues[channel] = queue
+            if backlog is not None:
+                self._refills.append(asyncio.create_task(backlog.refill(queue.queue), name=f"refill:{channel}"))
             for index in range(s.workers):
                 self._workers.append(asyncio.create_task(self._work(queue), name=f"worker:{channel}:{index}"))
         self._services.append(asyncio.create_task(self.dead_letters.run(), name="deadletters"))
@@ -108,6 +114,19 @@ class Enricher:
         self._intake = asyncio.create_task(self._read(), name="intake")
         await self._until_ready(ready_timeout)
         log.info("ready", channels=list(CHANNELS), workers=s.workers, pool=s.pool_workers, persist=s.persist)
+
+    async def _backlog(self, channel: str) -> Backlog | None:
+        policy = self.settings.overflow(channel)
+        if policy == "conflate":
+            return ConflatingBacklog(channel, self.metrics)
+        if policy == "spill":
+            spill = SpillingBacklog(channel, self.redis, self.metrics)
+            try:
+                await spill.recover()
+            except RedisError as exc:  # Redis not up yet: the source will wait for it too
+                log.warning("spill_recover_failed", channel=channel, error=redact_text(str(exc)))
+            return spill
+        return None
 
     async def _until_ready(self, timeout: float) -> None:
         waits = [self.source.ready.wait()]
@@ -146,6 +165,12 @@ class Enricher:
             batch = await next_batch(queue.queue, limit)
             try:
                 await handle(channel, batch)
+            except asyncio.CancelledError:
+                # The hard deadline cut this batch off mid-way: some of it may be stored, some
+                # not. Dead-letter all of it; a replay is idempotent.
+                for raw in batch:
+                    self.dead_letters.reject(channel, raw.data, "shutdown", "cancelled mid-batch at the deadline")
+                raise
             except Exception:  # a bug in the pipeline: log it, keep the worker alive
                 log.exception("batch_failed", channel=channel, size=len(batch))
                 for raw in batch:
@@ -185,11 +210,12 @@ class Enricher:
         if self._intake is not None:
             await _bounded("intake", asyncio.shield(self._intake), remaining())
             self._intake.cancel()
-        drains = [asyncio.ensure_future(queue.queue.join()) for queue in self.queues.values()]
+        drains = [asyncio.ensure_future(_drained(queue)) for queue in self.queues.values()]
         if drains:
             await asyncio.wait(drains, timeout=remaining())
         for task in drains:
             task.cancel()
+        await _bounded("refills", _cancel(self._refills), 5.0)
         await _bounded("workers", _cancel(self._workers), 5.0)
         cut_off = 0
         for queue in self.queues.values():
@@ -208,6 +234,14 @@ class Enricher:
                 log.error("dead_letters_lost_at_exit", count=self.dead_letters.pending, reason="Redis unreachable")
         await _bounded("close", self._stack.aclose(), 10.0)
         log.info("stopped", cut_off=cut_off, summary=self.metrics.summary())
+
+
+async def _drained(queue: ChannelQueue) -> None:
+    """The queue is empty and idle, and so is a conflating backlog (a spill stream stays put)."""
+    await queue.queue.join()
+    if isinstance(queue.backlog, ConflatingBacklog):
+        await queue.backlog.empty.wait()
+        await queue.queue.join()
 
 
 async def _bounded(step: str, awaitable: Awaitable[T], timeout: float) -> T | None:

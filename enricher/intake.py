@@ -8,6 +8,12 @@ buffer, and Redis cuts a subscriber off at 32 MB (`client-output-buffer-limit pu
   where `enricher dlq replay` can process it later. Nothing is lost.
 - `drop_newest`: the new message is dropped, counted and logged.
 - `drop_oldest`: the oldest queued message is dropped, counted and logged; the new one queues.
+- `conflate`: only the newest pending message per key waits (per product and expiry for
+  chains, symbol for quotes, product for ticks); superseded ones are counted, not stored.
+- `spill`: the overflow waits in the Redis stream `enricher:spill:{channel}`. Nothing is lost.
+
+The last two are backlogs (overflow.py): while one holds messages, new ones join it, so
+they reach the workers in arrival order.
 """
 
 from __future__ import annotations
@@ -18,16 +24,26 @@ import structlog
 
 from enricher.deadletter import DeadLetters
 from enricher.metrics import DROPPED, OVERFLOW, RECEIVED, Metrics
+from enricher.overflow import Backlog
 from enricher.source import RawMessage
 
 log = structlog.get_logger("enricher.intake")
 
 
 class ChannelQueue:
-    def __init__(self, channel: str, capacity: int, policy: str, metrics: Metrics, dead_letters: DeadLetters) -> None:
+    def __init__(
+        self,
+        channel: str,
+        capacity: int,
+        policy: str,
+        metrics: Metrics,
+        dead_letters: DeadLetters,
+        backlog: Backlog | None = None,
+    ) -> None:
         self.channel = channel
         self.capacity = capacity
         self.policy = policy
+        self.backlog = backlog
         self.queue: asyncio.Queue[RawMessage] = asyncio.Queue(capacity)
         self._metrics = metrics
         self._dead = dead_letters
@@ -37,6 +53,11 @@ class ChannelQueue:
         metrics = self._metrics
         metrics.count(self.channel, RECEIVED)
         metrics.last_message_at[self.channel] = message.received_at
+        backlog = self.backlog
+        if backlog is not None and (backlog.pending or self.queue.full()):
+            metrics.count(self.channel, OVERFLOW)
+            backlog.add(message)
+            return
         try:
             self.queue.put_nowait(message)
             return
@@ -57,11 +78,11 @@ class ChannelQueue:
             self.queue.put_nowait(message)
 
     def depth(self) -> int:
-        return self.queue.qsize()
+        return self.queue.qsize() + (self.backlog.pending if self.backlog else 0)
 
     def take_all(self) -> list[RawMessage]:
         """At the hard deadline: what is still queued, for dead-lettering."""
-        left = []
+        left = self.backlog.take_all() if self.backlog else []
         while not self.queue.empty():
             left.append(self.queue.get_nowait())
             self.queue.task_done()

@@ -22,6 +22,7 @@ from enricher.backoff import Backoff
 from enricher.cache import Cache, Outputs
 from enricher.deadletter import DeadLetters
 from enricher.errors import is_transient
+from enricher.gaps import GapDetector
 from enricher.idempotency import Claim, Idempotency, mark_key
 from enricher.logs import debug_enabled
 from enricher.messages import parse
@@ -78,6 +79,7 @@ class Pipeline:
         self.candles = CandleBook(CANDLE_WINDOWS)
         self.surfaces = SurfaceBook(max_strikes=settings.max_strikes)
         self._turns = {channel: TurnTaker() for channel in CHANNELS}
+        self.gaps = GapDetector(metrics, settings.gap_tick_counter, settings.gap_max_silence)
 
     async def handle(self, channel: str, batch: Sequence[RawMessage]) -> list[str]:
         """Process one batch; return each message's outcome, in order.
@@ -199,6 +201,7 @@ class Pipeline:
         for record, raw, key in items:
             tick: Tick = record  # type: ignore[assignment]
             received = tick.doc["timestamp"]
+            self.gaps.observe(tick.product, tick.tick_id, tick.timestamp)
             self.candles.add(tick.product, tick.price, tick.timestamp)
             touched.add(tick.product)
             stamp = utc_iso(tick.timestamp)

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from enricher.records import OPTION_CHAIN, OPTION_QUOTE, UNDERLYING
 from enricher.redact import redact_url
 
-OVERFLOW_POLICIES: Final = ("deadletter", "drop_newest", "drop_oldest")
+OVERFLOW_POLICIES: Final = ("spill", "conflate", "deadletter", "drop_newest", "drop_oldest")
 
 
 def _setting(default: Any, env: str, help: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -33,13 +33,13 @@ class Settings:
     workers: int = _setting(2, "ENRICHER_WORKERS", "coroutine workers per channel")
     queue_size: int = _setting(20000, "ENRICHER_QUEUE_SIZE", "capacity of each channel's queue")
     overflow_underlying: str = _setting(
-        "deadletter", "ENRICHER_OVERFLOW_UNDERLYING", "full-queue policy for ticks", OVERFLOW_POLICIES
+        "spill", "ENRICHER_OVERFLOW_UNDERLYING", "full-queue policy for ticks", OVERFLOW_POLICIES
     )
     overflow_quote: str = _setting(
-        "deadletter", "ENRICHER_OVERFLOW_QUOTE", "full-queue policy for quotes", OVERFLOW_POLICIES
+        "spill", "ENRICHER_OVERFLOW_QUOTE", "full-queue policy for quotes", OVERFLOW_POLICIES
     )
     overflow_chain: str = _setting(
-        "deadletter", "ENRICHER_OVERFLOW_CHAIN", "full-queue policy for chains", OVERFLOW_POLICIES
+        "spill", "ENRICHER_OVERFLOW_CHAIN", "full-queue policy for chains", OVERFLOW_POLICIES
     )
     batch_max: int = _setting(500, "ENRICHER_BATCH_MAX", "most messages a worker takes at once")
     pool_workers: int = _setting(1, "ENRICHER_POOL_WORKERS", "analytics processes; 0 = inline")
@@ -59,6 +59,12 @@ class Settings:
         30.0, "ENRICHER_IDEM_INFLIGHT_TTL", "seconds an in-progress mark holds off a redelivery"
     )
     idem_done_ttl: int = _setting(3600, "ENRICHER_IDEM_DONE_TTL", "seconds a done mark filters duplicates")
+    gap_tick_counter: bool = _setting(
+        True, "ENRICHER_GAP_TICK_COUNTER", "treat tick_id as the feed's shared counter and log its gaps"
+    )
+    gap_max_silence: float = _setting(
+        10.0, "ENRICHER_GAP_MAX_SILENCE", "event-time seconds without a product's tick that count as a gap"
+    )
     iv_surface_max: int = _setting(2000, "ENRICHER_IV_SURFACE_MAX", "most members of iv_surface:{product}")
     dlq_max: int = _setting(100000, "ENRICHER_DLQ_MAX", "most records kept in dlq:enrichment")
     max_message_bytes: int = _setting(1 << 20, "ENRICHER_MAX_MESSAGE_BYTES", "larger payloads are rejected")

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from enricher.settings import FIELDS, flag
+from enricher.settings import FIELDS, flag, markdown_table
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,6 +35,10 @@ def test_demo_runs_the_pipeline_and_leaves_nothing_behind() -> None:
 
 def test_readme_documents_every_setting() -> None:
     readme = (ROOT / "README.md").read_text()
+    begin = readme.index("\n", readme.index("<!-- settings:begin")) + 1
+    assert readme[begin : readme.index("<!-- settings:end -->")] == markdown_table(), (
+        "regenerate the table with: python -m enricher settings --markdown"
+    )
     for spec in FIELDS:
         assert f"`{spec.metadata['env']}`" in readme, spec.name
         assert f"`{flag(spec)}`" in readme, spec.name

@@ -269,3 +269,34 @@ async def test_bad_input_is_dead_lettered_and_good_input_flows(
     assert [r["error_type"] for r in records] == ["negative", "not_object", "not_utf8"]  # newest first
     assert all(r["channel"] == UNDERLYING and r["attempts"] == 1 for r in records)
     assert "payload_b64" in records[2]  # not UTF-8: kept byte for byte
+
+
+async def test_an_older_message_never_overwrites_a_newer_latest_value(
+    start_app: StartApp, redis: Redis, mongo: Mongo, db_name: str
+) -> None:
+    await start_app()
+    tick = sample("synthetic_underlying.json")
+    newer = with_fields(tick, price=22000.0, tick_id=2, timestamp="2025-01-20T10:15:31")
+    older = with_fields(tick, price=21000.0, tick_id=1, timestamp="2025-01-20T10:15:29")
+    await publish(redis, UNDERLYING, newer)
+    await stored(mongo, db_name, "underlying_ticks", 1)
+    await publish(redis, UNDERLYING, older)
+    await stored(mongo, db_name, "underlying_ticks", 2)  # stored: it is history, just not the latest
+    assert await get_json(redis, "latest:underlying:NIFTY") == {"price": 22000.0, "timestamp": "2025-01-20T10:15:31"}
+    candle = await get_json(redis, "ohlc:NIFTY:1m")
+    assert (candle["open"], candle["close"], candle["num_ticks"]) == (21000.0, 22000.0, 2)
+
+
+async def test_a_gap_in_the_tick_counter_is_counted(
+    start_app: StartApp, redis: Redis, mongo: Mongo, db_name: str
+) -> None:
+    app = await start_app()
+    tick = sample("synthetic_underlying.json")
+    ids = [*range(10), *range(25, 30)]
+    stamps = [f"2025-01-20T10:15:{second:02d}" for second in range(len(ids))]  # no silence, only the id jump
+    await publish(
+        redis, UNDERLYING, *(with_fields(tick, tick_id=i, timestamp=t) for i, t in zip(ids, stamps, strict=True))
+    )
+    await stored(mongo, db_name, "underlying_ticks", len(ids))
+    assert app.metrics.events["feed_gaps"] == 1
+    assert app.metrics.events["feed_gap_ticks"] == 15

@@ -151,3 +151,73 @@ async def test_pool_worker_killed_is_rebuilt_and_nothing_lost(
     assert await redis.llen("dlq:enrichment") == 0
     assert app.pool.executor is not None
     assert set(app.pool.executor._processes).isdisjoint(workers)
+
+
+async def test_overload_spills_and_loses_nothing(
+    running: Callable[..., Any], redis: Redis, mongo: AsyncMongoClient[dict[str, Any]], db_name: str
+) -> None:
+    app = await running(queue_size=64, workers=1, batch_max=32, overflow_underlying="spill")
+    feed = SyntheticFeed(seed=4, start=datetime(2025, 1, 20, 4, 0, tzinfo=UTC), step=timedelta(milliseconds=3))
+    sent = ticks(feed, 20000)
+    await publish(redis, UNDERLYING, *sent)
+
+    async def stored() -> bool:
+        return await count(mongo, db_name, "underlying_ticks") == len(sent)
+
+    await wait_for(stored, timeout=120, what="every spilled tick stored")
+    assert app.metrics.messages[UNDERLYING, "overflow"] > 0
+    assert app.metrics.events["spilled"] == app.metrics.messages[UNDERLYING, "overflow"]
+    assert app.metrics.messages[UNDERLYING, "processed"] == len(sent)
+    assert await redis.xlen("enricher:spill:market:underlying") == 0
+    assert await redis.llen("dlq:enrichment") == 0
+
+
+async def test_overload_conflates_chains_to_the_newest(
+    running: Callable[..., Any], redis: Redis, mongo: AsyncMongoClient[dict[str, Any]], db_name: str
+) -> None:
+    app = await running(queue_size=2, workers=1, batch_max=1, overflow_chain="conflate", pool_workers=0)
+    feed = SyntheticFeed(seed=5, start=datetime(2025, 1, 20, 4, 0, tzinfo=UTC), step=timedelta(milliseconds=3))
+    chains = [payload for _, payload in feed.burst(0, 0, 400)]
+    await publish(redis, OPTION_CHAIN, *chains)
+
+    def superseded() -> int:
+        return app.metrics.messages[OPTION_CHAIN, "superseded"]
+
+    def processed() -> int:
+        return app.metrics.messages[OPTION_CHAIN, "processed"]
+
+    await wait_for(lambda: processed() + superseded() == len(chains), timeout=60, what="every chain accounted for")
+    assert superseded() > 0
+    await wait_for(lambda: app.store is not None and app.store.buffered == 0, what="flush")
+    assert await count(mongo, db_name, "option_chains") == processed()
+    newest: dict[str, dict[str, Any]] = {}
+    for payload in chains:
+        doc = orjson.loads(payload)
+        newest[f"{doc['product']}:{doc['expiry']}"] = doc
+    for key, doc in newest.items():
+        cached = orjson.loads(await redis.get(f"latest:chain:{key}") or b"{}")
+        assert cached["timestamp"] == doc["timestamp"], key
+
+
+async def test_hard_deadline_hands_everything_over(make_settings: Callable[..., Settings], redis: Redis) -> None:
+    """Stop under load while MongoDB is unreachable: nothing can be stored before the deadline,
+    so every message must end up in the DLQ or still in the spill stream, none dropped."""
+    from enricher.embedded import free_port
+
+    dead_mongo = f"mongodb://127.0.0.1:{free_port()}/"
+    settings = make_settings(
+        mongo_url=dead_mongo, mongo_timeout=0.5, grace_period=0.5, queue_size=500, workers=1, batch_max=50
+    )
+    app = Enricher(settings)
+    await app.start(ready_timeout=2.0)
+    feed = SyntheticFeed(seed=6, start=datetime(2025, 1, 20, 4, 0, tzinfo=UTC), step=timedelta(milliseconds=3))
+    sent = ticks(feed, 8000)
+    await publish(redis, UNDERLYING, *sent)
+    await wait_for(lambda: app.metrics.messages[UNDERLYING, "received"] == len(sent), what="all received")
+    await app.stop()
+    letters = [orjson.loads(raw) for raw in await redis.lrange("dlq:enrichment", 0, -1)]
+    assert {letter["error_type"] for letter in letters} == {"shutdown"}
+    spilled = await redis.xlen("enricher:spill:market:underlying")
+    payloads = {letter["payload"] for letter in letters}
+    assert len(payloads) + spilled >= len(sent)  # a message in both places is fine (replay is idempotent)
+    assert len(payloads) > 0
