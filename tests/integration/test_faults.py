@@ -175,7 +175,7 @@ async def test_overload_spills_and_loses_nothing(
 async def test_overload_conflates_chains_to_the_newest(
     running: Callable[..., Any], redis: Redis, mongo: AsyncMongoClient[dict[str, Any]], db_name: str
 ) -> None:
-    app = await running(queue_size=2, workers=1, batch_max=1, overflow_chain="conflate", pool_workers=0)
+    app: Enricher = await running(queue_size=2, workers=1, batch_max=1, overflow_chain="conflate", pool_workers=0)
     feed = SyntheticFeed(seed=5, start=datetime(2025, 1, 20, 4, 0, tzinfo=UTC), step=timedelta(milliseconds=3))
     chains = [payload for _, payload in feed.burst(0, 0, 400)]
     await publish(redis, OPTION_CHAIN, *chains)
