@@ -12,17 +12,13 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 import structlog
 
-from enricher import cache as keys
-from enricher.analytics.candles import CandleBook
-from enricher.analytics.surface import SurfaceBook
+from enricher.analytics.jobs import ChainResults
 from enricher.backoff import Backoff
 from enricher.cache import Cache, Outputs
 from enricher.deadletter import DeadLetters
 from enricher.errors import is_transient
-from enricher.gaps import GapDetector
 from enricher.idempotency import Claim, Idempotency, mark_key
 from enricher.logs import debug_enabled
 from enricher.messages import parse
@@ -36,23 +32,19 @@ from enricher.records import (
     UNDERLYING,
     Chain,
     InvalidMessage,
-    Quote,
     Record,
-    Tick,
-    utc_iso,
 )
 from enricher.redact import redact_text
 from enricher.settings import Settings
 from enricher.source import RawMessage
-from enricher.store import CHAINS, QUOTES, TICKS, MongoStore, Pending
+from enricher.state import Applied, Item, MarketState
+from enricher.store import CHAINS, QUOTES, TICKS, MongoStore
 
 log = structlog.get_logger("enricher.pipeline")
 
 KIND = {UNDERLYING: "tick", OPTION_QUOTE: "quote", OPTION_CHAIN: "chain"}
 COLLECTION = {UNDERLYING: TICKS, OPTION_QUOTE: QUOTES, OPTION_CHAIN: CHAINS}
-CANDLE_WINDOWS = (1, 5, 15)
 
-Item = tuple[Record, RawMessage, str]  # record, its raw message, its idempotency key
 Outcomes = dict[int, str]  # id(raw message) -> its outcome
 
 
@@ -76,10 +68,8 @@ class Pipeline:
         self._dead = dead_letters
         self._pool = pool
         self._metrics = metrics
-        self.candles = CandleBook(CANDLE_WINDOWS)
-        self.surfaces = SurfaceBook(max_strikes=settings.max_strikes)
+        self.state = MarketState(settings, metrics)
         self._turns = {channel: TurnTaker() for channel in CHANNELS}
-        self.gaps = GapDetector(metrics, settings.gap_tick_counter, settings.gap_max_silence)
 
     async def handle(self, channel: str, batch: Sequence[RawMessage]) -> list[str]:
         """Process one batch; return each message's outcome, in order.
@@ -91,51 +81,53 @@ class Pipeline:
         turns = self._turns[channel]
         ticket = turns.ticket()  # before any await: tickets follow the queue's order
         try:
-            items, analysed = await self._prepare(channel, batch, outcomes)
+            items = await self._prepare(channel, batch, outcomes)
             await turns.turn(ticket)
-            applied = self._apply_safely(channel, items, analysed)
+            applied = await self._enrich(channel, items)
         finally:
             turns.done(ticket)
         if isinstance(applied, Exception):
             await self._give_up(channel, items, applied, 1, outcomes)
         elif items:
             started = time.perf_counter()
-            outputs, pending = applied
-            if await self._write_with_retry(channel, items, outputs, outcomes):
+            if await self._write_with_retry(channel, items, applied.outputs, outcomes):
                 if self._store is not None:
-                    self._store.add(COLLECTION[channel], pending)
+                    self._store.add(COLLECTION[channel], applied.documents)
+                    for collection, extra in applied.extras:
+                        self._store.add(collection, [extra])
                 else:
                     await self._idem.mark_done([key for _, _, key in items])
                 self._account(channel, items, time.perf_counter() - started, outcomes)
         return [outcomes.get(id(raw), FAILED) for raw in batch]
 
-    async def _prepare(
-        self, channel: str, batch: Sequence[RawMessage], outcomes: Outcomes
-    ) -> tuple[list[Item], list[Any]]:
-        """Parse, claim and analyse: everything that may overlap with other batches."""
+    async def _prepare(self, channel: str, batch: Sequence[RawMessage], outcomes: Outcomes) -> list[Item]:
+        """Parse and claim: the part that may overlap with other batches."""
         parsed = self._parse(channel, batch, outcomes)
         try:
-            items = await self._claim(channel, parsed, outcomes)
+            return await self._claim(channel, parsed, outcomes)
         except Exception as exc:  # Redis stayed down through every retry
             unclaimed = [(record, raw, "") for record, raw in parsed]
             await self._give_up(channel, unclaimed, exc, self._settings.retry_attempts, outcomes)
-            return [], []
-        try:
-            return items, await self._analyse(channel, items)
-        except Exception as exc:  # the pool failed twice, or a chain the kernels reject
-            await self._give_up(channel, items, exc, 1, outcomes)
-            return [], []
+            return []
 
-    def _apply_safely(
-        self, channel: str, items: list[Item], analysed: list[Any]
-    ) -> tuple[Outputs, list[Pending]] | Exception:
+    async def _enrich(self, channel: str, items: list[Item]) -> Applied | Exception:
+        """Analyse and update the state, in queue order: a chain's OI change needs the one before."""
         if not items:
-            return Outputs(), []
+            return Applied()
         try:
-            return self._apply(channel, items, analysed)
-        except Exception as exc:  # a bug, or a value the parser let through: never retried
+            now = datetime.now(UTC)
+            if channel == UNDERLYING:
+                return self.state.ticks(items, now)
+            if channel == OPTION_QUOTE:
+                return self.state.quotes(items, now)
+            return self.state.chains(items, await self._analyse_chains(items), now)
+        except Exception as exc:  # a bug, a value the parser let through, or the pool failing twice
             log.exception("enrich_failed", channel=channel, batch=len(items))
             return exc
+
+    async def _analyse_chains(self, items: list[Item]) -> ChainResults:
+        chains: list[Chain] = [record for record, _, _ in items]  # type: ignore[misc]
+        return await self._pool.analyse_chains(chains, self.state.previous(chains), self.state.model)
 
     def _parse(self, channel: str, batch: Sequence[RawMessage], outcomes: Outcomes) -> list[tuple[Record, RawMessage]]:
         parsed = []
@@ -178,112 +170,6 @@ class Pipeline:
                 # BUSY: another delivery holds it now and will finish it (or its mark expires).
                 self._duplicate(channel, record, raw, outcomes)
         return items
-
-    async def _analyse(self, channel: str, items: list[Item]) -> list[Any]:
-        """The stateless, CPU-heavy part, which may overlap with other batches (the pool)."""
-        if channel != OPTION_CHAIN or not items:
-            return []
-        return await self._pool.chain_metrics([record for record, _, _ in items])  # type: ignore[misc]
-
-    def _apply(self, channel: str, items: list[Item], analysed: list[Any]) -> tuple[Outputs, list[Pending]]:
-        """The stateful part, run in the batches' queue order (see ordering.py)."""
-        now = datetime.now(UTC)
-        if channel == UNDERLYING:
-            return self._ticks(items, now)
-        if channel == OPTION_QUOTE:
-            return self._quotes(items, now)
-        return self._chains(items, analysed, now)
-
-    def _ticks(self, items: list[Item], now: datetime) -> tuple[Outputs, list[Pending]]:
-        out, pending, ttl = Outputs(), [], self._settings.cache_ttl
-        now_iso = now.isoformat()
-        touched: set[str] = set()
-        for record, raw, key in items:
-            tick: Tick = record  # type: ignore[assignment]
-            received = tick.doc["timestamp"]
-            self.gaps.observe(tick.product, tick.tick_id, tick.timestamp)
-            self.candles.add(tick.product, tick.price, tick.timestamp)
-            touched.add(tick.product)
-            stamp = utc_iso(tick.timestamp)
-            value = orjson.dumps({"price": tick.price, "timestamp": received})
-            out.set(keys.underlying_key(tick.product), value, ttl, stamp)
-            out.publish(
-                keys.ENRICHED_UNDERLYING,
-                orjson.dumps(
-                    {
-                        "type": "UNDERLYING_ENRICHED",
-                        "product": tick.product,
-                        "price": tick.price,
-                        "timestamp": received,
-                        "processed_at": now_iso,
-                    }
-                ),
-            )
-            doc = {**tick.doc, "_id": tick.identity, "timestamp": tick.timestamp, "processed_at": now}
-            pending.append(Pending(doc, key, UNDERLYING, raw.data))
-        for product in touched:
-            for window in CANDLE_WINDOWS:
-                candle = self.candles.current(product, window)
-                if candle is not None:
-                    # Within a candle a later state has more ticks; a new candle starts later.
-                    version = f"{utc_iso(candle.start_time)}|{candle.num_ticks:012d}"
-                    out.set(keys.ohlc_key(product, window), orjson.dumps(candle.to_json()), window * 60, version)
-        return out, pending
-
-    def _quotes(self, items: list[Item], now: datetime) -> tuple[Outputs, list[Pending]]:
-        out, pending, ttl = Outputs(), [], self._settings.cache_ttl
-        touched: set[str] = set()
-        for record, raw, key in items:
-            quote: Quote = record  # type: ignore[assignment]
-            out.set(keys.option_key(quote.symbol), orjson.dumps(quote.doc), ttl, utc_iso(quote.timestamp))
-            self.surfaces.apply_quote(quote, quote.doc["timestamp"])
-            touched.add(quote.product)
-            doc = {**quote.doc, "_id": quote.identity, "timestamp": quote.timestamp, "processed_at": now}
-            pending.append(Pending(doc, key, OPTION_QUOTE, raw.data))
-        self._surface_outputs(out, touched)
-        return out, pending
-
-    def _chains(self, items: list[Item], results: list[Any], now: datetime) -> tuple[Outputs, list[Pending]]:
-        out, pending, ttl = Outputs(), [], self._settings.cache_ttl
-        touched: set[str] = set()
-        for (record, raw, key), metrics in zip(items, results, strict=True):
-            chain: Chain = record  # type: ignore[assignment]
-            received = chain.doc["timestamp"]
-            enriched: dict[str, Any] = {
-                **chain.doc,
-                "pcr_oi": metrics.pcr_oi,
-                "pcr_volume": metrics.pcr_volume,
-                "atm_strike": metrics.atm_strike,
-                "atm_straddle_price": metrics.atm_straddle_price,
-                "max_pain_strike": metrics.max_pain_strike,
-                "total_call_oi": metrics.total_call_oi,
-                "total_put_oi": metrics.total_put_oi,
-                "call_buildup_otm": metrics.call_buildup_otm,
-                "put_buildup_otm": metrics.put_buildup_otm,
-                "processed_at": now,  # orjson writes ISO-8601; MongoDB gets a datetime
-            }
-            data = orjson.dumps(enriched)
-            stamp = utc_iso(chain.timestamp)
-            out.set(keys.chain_key(chain.product, chain.expiry), data, ttl, stamp)
-            pcr = {"pcr_oi": metrics.pcr_oi, "pcr_volume": metrics.pcr_volume, "timestamp": received}
-            out.set(keys.pcr_key(chain.product, chain.expiry), orjson.dumps(pcr), ttl, stamp)
-            out.publish(keys.ENRICHED_CHAIN, data)
-            self.surfaces.apply_chain(chain, received)
-            touched.add(chain.product)
-            doc = {**enriched, "_id": chain.identity, "timestamp": chain.timestamp}
-            pending.append(Pending(doc, key, OPTION_CHAIN, raw.data))
-        self._surface_outputs(out, touched)
-        return out, pending
-
-    def _surface_outputs(self, out: Outputs, products: set[str]) -> None:
-        for product in products:
-            snapshot = self.surfaces.snapshot(product)
-            if snapshot is None:
-                continue
-            stamp = self.surfaces.stamp(product)
-            out.set(keys.surface_key(product), orjson.dumps(snapshot), self._settings.cache_ttl, stamp)
-            points = self.surfaces.points(snapshot, self._settings.iv_surface_max)
-            out.replace_sorted_set(keys.iv_surface_key(product), points, stamp)
 
     async def _write_with_retry(self, channel: str, items: list[Item], outputs: Outputs, outcomes: Outcomes) -> bool:
         try:

@@ -18,7 +18,9 @@ from concurrent.futures.process import BrokenProcessPool
 
 import structlog
 
-from enricher.analytics.chain import ChainBatch, ChainMetrics, analyse_chain_batch, pack_chains
+from enricher.analytics.expiry import ChainSnapshot
+from enricher.analytics.jobs import ChainResults, chain_job, shippable
+from enricher.analytics.model import ModelConfig
 from enricher.metrics import Metrics
 from enricher.records import Chain
 
@@ -60,25 +62,28 @@ class AnalyticsPool:
             initializer=_ignore_sigint,
         )
 
-    async def chain_metrics(self, chains: Sequence[Chain]) -> list[ChainMetrics]:
-        batch = pack_chains(chains)
-        strikes = len(batch.strikes)
+    async def analyse_chains(
+        self, chains: Sequence[Chain], previous: Sequence[ChainSnapshot | None], config: ModelConfig
+    ) -> ChainResults:
+        strikes = sum(chain.strikes.size for chain in chains)
         started = time.perf_counter()
         if self._executor is None or strikes < self._min_strikes:
-            result = analyse_chain_batch(batch)
+            result = chain_job(chains, previous, config)
             self._metrics.event("analytics_inline_batches")
         else:
-            result = await self._in_pool(batch)
+            result = await self._in_pool(shippable(chains), previous, config)
             self._metrics.event("analytics_pool_batches")
         self._metrics.latency["analytics"].add(time.perf_counter() - started)
         return result
 
-    async def _in_pool(self, batch: ChainBatch) -> list[ChainMetrics]:
+    async def _in_pool(
+        self, chains: list[Chain], previous: Sequence[ChainSnapshot | None], config: ModelConfig
+    ) -> ChainResults:
         loop = asyncio.get_running_loop()
         for attempt in (1, 2):
             assert self._executor is not None
             try:
-                return await loop.run_in_executor(self._executor, analyse_chain_batch, batch)
+                return await loop.run_in_executor(self._executor, chain_job, chains, previous, config)
             except BrokenProcessPool:
                 self._metrics.event("pool_rebuilds")
                 log.error("pool_broken", attempt=attempt, note="a worker died; rebuilding the pool")

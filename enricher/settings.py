@@ -65,6 +65,19 @@ class Settings:
     gap_max_silence: float = _setting(
         10.0, "ENRICHER_GAP_MAX_SILENCE", "event-time seconds without a product's tick that count as a gap"
     )
+    risk_free_rate: float = _setting(0.0, "ENRICHER_RISK_FREE_RATE", "r for the forward and Black-76, continuous")
+    lot_sizes: str = _setting(
+        "", "ENRICHER_LOT_SIZES", "GEX contract multipliers, e.g. NIFTY=75,SPY=100 (built-in NSE lots; else 100)"
+    )
+    exchange_closes: str = _setting(
+        "",
+        "ENRICHER_EXCHANGE_CLOSES",
+        "expiry close per product, e.g. NIFTY=15:30@Asia/Kolkata (NSE default; else 16:00@America/New_York)",
+    )
+    gex_sign: int = _setting(1, "ENRICHER_GEX_SIGN", "+1: dealers long calls, short puts; -1: the reverse")
+    surface_snapshot_interval: float = _setting(
+        60.0, "ENRICHER_SURFACE_SNAPSHOT_INTERVAL", "seconds between surface snapshots in MongoDB per product"
+    )
     iv_surface_max: int = _setting(2000, "ENRICHER_IV_SURFACE_MAX", "most members of iv_surface:{product}")
     dlq_max: int = _setting(100000, "ENRICHER_DLQ_MAX", "most records kept in dlq:enrichment")
     max_message_bytes: int = _setting(1 << 20, "ENRICHER_MAX_MESSAGE_BYTES", "larger payloads are rejected")
@@ -92,10 +105,31 @@ class Settings:
                 raise ValueError(f"{name} must be at least 1")
         if self.pool_workers < 0:
             raise ValueError("pool_workers must be 0 (inline) or more")
+        if self.gex_sign not in (1, -1):
+            raise ValueError("gex_sign must be 1 or -1")
+        try:
+            self.parsed_lot_sizes()
+            for hour, minute, zone in self.parsed_closes().values():
+                if not (0 <= hour < 24 and 0 <= minute < 60):
+                    raise ValueError(f"exchange close {hour}:{minute} is not a time of day")
+                ZoneInfo(zone)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"model settings: {exc}") from exc
         try:
             ZoneInfo(self.feed_tz)
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise ValueError(f"feed_tz: unknown timezone {self.feed_tz!r}") from exc
+
+    def parsed_lot_sizes(self) -> dict[str, float]:
+        return {product: float(size) for product, size in _pairs(self.lot_sizes, "ENRICHER_LOT_SIZES")}
+
+    def parsed_closes(self) -> dict[str, tuple[int, int, str]]:
+        closes = {}
+        for product, text in _pairs(self.exchange_closes, "ENRICHER_EXCHANGE_CLOSES"):
+            clock, _, zone = text.partition("@")
+            hour, _, minute = clock.partition(":")
+            closes[product] = (int(hour), int(minute or 0), zone or "UTC")
+        return closes
 
     @property
     def tz(self) -> ZoneInfo:
@@ -114,6 +148,16 @@ class Settings:
         values["redis_url"] = redact_url(self.redis_url)
         values["mongo_url"] = redact_url(self.mongo_url)
         return values
+
+
+def _pairs(text: str, env: str) -> list[tuple[str, str]]:
+    pairs = []
+    for part in filter(None, (piece.strip() for piece in text.split(","))):
+        product, sep, value = part.partition("=")
+        if not sep or not product or not value:
+            raise ValueError(f"{env}: expected PRODUCT=VALUE pairs, got {part!r}")
+        pairs.append((product.strip(), value.strip()))
+    return pairs
 
 
 FIELDS: Final = dataclasses.fields(Settings)

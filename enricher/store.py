@@ -36,6 +36,8 @@ log = structlog.get_logger("enricher.store")
 TICKS: Final = "underlying_ticks"
 QUOTES: Final = "option_quotes"
 CHAINS: Final = "option_chains"
+CANDLES: Final = "ohlc_candles"  # closed candles (new; not in the old service)
+SURFACES: Final = "volatility_surfaces"  # surface snapshots, at most one per interval per product
 
 # CONTRACT.md §5: the indexes the readers rely on. `_id` (the identity) is the unique one.
 INDEXES: Final[dict[str, list[IndexModel]]] = {
@@ -48,6 +50,10 @@ INDEXES: Final[dict[str, list[IndexModel]]] = {
         IndexModel([("product", ASCENDING), ("timestamp", DESCENDING)]),
     ],
     CHAINS: [IndexModel([("product", ASCENDING), ("expiry", ASCENDING), ("timestamp", DESCENDING)])],
+    CANDLES: [
+        IndexModel([("product", ASCENDING), ("window_minutes", ASCENDING), ("start_time", ASCENDING)], unique=True)
+    ],
+    SURFACES: [IndexModel([("product", ASCENDING), ("timestamp", DESCENDING)])],
 }
 DUPLICATE_KEY: Final = 11000
 
@@ -228,7 +234,7 @@ class MongoStore:
         for index, message in failed.items():
             entry = batch[index]
             self._dead.reject(entry.channel, entry.raw, "mongo_write_error", message)
-        stored = [entry.mark for i, entry in enumerate(batch) if i not in failed]
+        stored = [entry.mark for i, entry in enumerate(batch) if i not in failed and entry.mark]
         try:
             await self._on_durable(stored)
         except Exception as exc:  # the data is stored; a lost mark only costs a re-check

@@ -1,26 +1,34 @@
 """Per-product volatility surface, kept from the latest chain of each expiry and later quotes.
 
-A chain replaces its expiry's smile; a quote updates one strike of it. An update older than
-what it would replace is ignored, so out-of-order delivery can't roll the surface back. The
-IV at a strike is the mean of the call's and the put's where both are known. The snapshot has the contract's
-`volatility_surface:{product}` shape, plus `call_ivs`, `put_ivs` and `atm_iv` per expiry.
+The IVs are enricher's model IVs (analytics/model.py), not the feed's. A chain replaces its
+expiry's smile; a quote updates one strike of it. An update older than what it would replace
+is ignored, so out-of-order delivery can't roll the surface back. The IV at a strike is the
+out-of-the-money option's (put below the forward, call at or above it), else whichever side
+is known. The snapshot has the contract's `volatility_surface:{product}` shape, plus per
+expiry `call_ivs`, `put_ivs`, `atm_iv` (interpolated at the forward), `forward`, `rr25`,
+`bf25`: with one entry per expiry, `atm_iv` by expiry is the term structure.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Any
 
 import orjson
 
+from enricher.analytics.expiry import ChainModel
 from enricher.records import Chain, Quote
 
 
 @dataclass(slots=True)
 class Smile:
     spot: float = math.nan
+    forward: float = math.nan
+    atm_iv: float | None = None
+    rr25: float | None = None
+    bf25: float | None = None
     chain_time: float = -math.inf  # event time (epoch s) of the chain it came from
     ivs: dict[float, list[float]] = field(default_factory=dict)  # strike -> [call iv, put iv, call t, put t]
 
@@ -46,16 +54,22 @@ class SurfaceBook:
         self._max_expiries = max_expiries
         self._max_strikes = max_strikes
 
-    def apply_chain(self, chain: Chain, event_time: str) -> None:
+    def apply_model(self, chain: Chain, model: ChainModel, event_time: str) -> None:
         surface = self._products.setdefault(chain.product, ProductSurface())
         moment = chain.timestamp.timestamp()
         held = surface.expiries.get(chain.expiry)
         if held is not None and held.chain_time > moment:
             return
-        smile = Smile(spot=chain.spot_price, chain_time=moment)
-        for strike, call_iv, put_iv in zip(
-            chain.strikes.tolist(), chain.call_iv.tolist(), chain.put_iv.tolist(), strict=True
-        ):
+        smile = Smile(
+            spot=chain.spot_price,
+            forward=math.nan if model.forward is None else model.forward,
+            atm_iv=model.atm_iv,
+            rr25=model.rr25,
+            bf25=model.bf25,
+            chain_time=moment,
+        )
+        call_ivs, put_ivs = model.calls.values[0].tolist(), model.puts.values[0].tolist()
+        for strike, call_iv, put_iv in zip(chain.strikes.tolist(), call_ivs, put_ivs, strict=True):
             smile.ivs[strike] = [
                 call_iv if _usable(call_iv) else math.nan,
                 put_iv if _usable(put_iv) else math.nan,
@@ -66,8 +80,8 @@ class SurfaceBook:
         self._touch(surface, moment, event_time)
         self._prune(surface, chain.timestamp.date())
 
-    def apply_quote(self, quote: Quote, event_time: str) -> None:
-        if quote.iv is None or not _usable(quote.iv):
+    def apply_quote(self, quote: Quote, event_time: str, iv: float | None) -> None:
+        if iv is None or not _usable(iv):
             return
         surface = self._products.setdefault(quote.product, ProductSurface())
         moment = quote.timestamp.timestamp()
@@ -82,7 +96,7 @@ class SurfaceBook:
         side = 0 if quote.option_type == "CALL" else 1
         if pair[2 + side] > moment:
             return
-        pair[side] = quote.iv
+        pair[side] = iv
         pair[2 + side] = moment
         self._touch(surface, moment, event_time)
         self._prune(surface, quote.timestamp.date())
@@ -95,6 +109,10 @@ class SurfaceBook:
 
     def stamp(self, product: str) -> str:
         return self._products[product].stamp()
+
+    def newest(self, product: str) -> datetime:
+        """Event time of the newest update to `product`'s surface (aware UTC)."""
+        return datetime.fromtimestamp(self._products[product].newest, UTC)
 
     def _prune(self, surface: ProductSurface, today: date) -> None:
         stamp = today.isoformat()
@@ -112,13 +130,15 @@ class SurfaceBook:
         for expiry in sorted(surface.expiries):
             smile = surface.expiries[expiry]
             strikes, ivs, call_ivs, put_ivs = [], [], [], []
+            pivot = smile.forward if math.isfinite(smile.forward) else smile.spot
             for strike in sorted(smile.ivs):
                 call_iv, put_iv = smile.ivs[strike][:2]
-                known = [iv for iv in (call_iv, put_iv) if not math.isnan(iv)]
-                if not known:
+                otm, itm = (put_iv, call_iv) if strike < pivot else (call_iv, put_iv)
+                chosen = otm if not math.isnan(otm) else itm
+                if math.isnan(chosen):
                     continue
                 strikes.append(strike)
-                ivs.append(round(sum(known) / len(known), 6))
+                ivs.append(round(chosen, 6))
                 call_ivs.append(None if math.isnan(call_iv) else call_iv)
                 put_ivs.append(None if math.isnan(put_iv) else put_iv)
             if not strikes:
@@ -131,7 +151,10 @@ class SurfaceBook:
                     "avg_iv": round(sum(ivs) / len(ivs), 4),
                     "call_ivs": call_ivs,
                     "put_ivs": put_ivs,
-                    "atm_iv": _nearest_iv(strikes, ivs, smile.spot),
+                    "atm_iv": smile.atm_iv if smile.atm_iv is not None else _nearest_iv(strikes, ivs, pivot),
+                    "forward": None if math.isnan(smile.forward) else smile.forward,
+                    "rr25": smile.rr25,
+                    "bf25": smile.bf25,
                 }
             )
         return {"product": product, "timestamp": surface.timestamp, "expiries": expiries}

@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 import pytest
 from pymongo import AsyncMongoClient
+from vollib.black.implied_volatility import implied_volatility as black_iv
 from redis.asyncio import Redis
 
 from enricher.app import Enricher
@@ -92,23 +93,14 @@ async def test_indexes_readers_rely_on(start_app: StartApp, mongo: Mongo, db_nam
 
 async def test_quote_outputs(start_app: StartApp, redis: Redis, mongo: Mongo, db_name: str) -> None:
     await start_app()
+    await publish(redis, UNDERLYING, sample("synthetic_underlying.json"))  # the spot the quote's model uses
+    await stored(mongo, db_name, "underlying_ticks", 1)
     quote = sample("synthetic_option_quote.json")
     await publish(redis, OPTION_QUOTE, quote)
     await stored(mongo, db_name, "option_quotes", 1)
 
-    assert await get_json(redis, "latest:option:NIFTY20250123C21500") == orjson.loads(quote)
+    assert await get_json(redis, "latest:option:NIFTY20250123C21500") == orjson.loads(quote)  # as received
     assert 290 < await redis.ttl("latest:option:NIFTY20250123C21500") <= 300
-    surface = await get_json(redis, "volatility_surface:NIFTY")
-    assert surface["product"] == "NIFTY"
-    assert surface["expiries"][0]["expiry"] == "2025-01-23"
-    assert surface["expiries"][0]["strikes"] == [21500.0]
-    assert surface["expiries"][0]["ivs"] == [0.2228]
-    assert surface["expiries"][0]["avg_iv"] == 0.2228
-    assert 0 < await redis.ttl("volatility_surface:NIFTY") <= 300
-    members = await redis.zrange("iv_surface:NIFTY", 0, -1, withscores=True)
-    assert [(orjson.loads(m), s) for m, s in members] == [  # type: ignore[str-unpack,arg-type]
-        ({"strike": 21500.0, "iv": 0.2228, "expiry": "2025-01-23"}, 21500.0)
-    ]
 
     doc = await mongo[db_name].option_quotes.find_one({}, {"_id": 0})
     assert doc is not None
@@ -116,6 +108,22 @@ async def test_quote_outputs(start_app: StartApp, redis: Redis, mongo: Mongo, db
     assert isinstance(doc["processed_at"], datetime)
     assert doc["symbol"] == "NIFTY20250123C21500"
     assert doc["iv"] == 0.2228  # the feed's own value, untouched
+    model = doc["model"]
+    assert (model["status"], model["price_used"], model["price"]) == ("ok", "mid", pytest.approx(173.70))
+    # Black-76 on the spot (no chain yet), to 15:30 IST on the expiry day, ACT/365.
+    years = datetime(2025, 1, 23, 10, 0, tzinfo=UTC) - datetime(2025, 1, 20, 10, 15, 30, 123456, tzinfo=UTC)
+    expected = black_iv(173.70, 21503.45, 21500.0, 0.0, years.total_seconds() / (365 * 86400), "c")
+    assert model["iv"] == pytest.approx(expected, rel=1e-9)
+
+    surface = await get_json(redis, "volatility_surface:NIFTY")
+    assert surface["product"] == "NIFTY"
+    smile = surface["expiries"][0]
+    assert (smile["expiry"], smile["strikes"]) == ("2025-01-23", [21500.0])
+    assert smile["ivs"] == [pytest.approx(expected, abs=1e-6)]
+    assert smile["avg_iv"] == pytest.approx(expected, abs=1e-4)
+    assert 0 < await redis.ttl("volatility_surface:NIFTY") <= 300
+    members = await redis.zrange("iv_surface:NIFTY", 0, -1, withscores=True)
+    assert [(orjson.loads(m)["strike"], m_score) for m, m_score in members] == [(21500.0, 21500.0)]  # type: ignore[str-unpack,arg-type]
 
 
 async def test_chain_outputs(
@@ -146,7 +154,13 @@ async def test_chain_outputs(
     cached = await get_json(redis, "latest:chain:NIFTY:2025-01-23")
     for enriched in (event, cached):
         for field, value in chain.items():
-            assert enriched[field] == value, f"input field {field} changed"
+            if field in ("calls", "puts"):  # each row as received, plus enricher's `model` sub-object
+                assert [{k: v for k, v in row.items() if k != "model"} for row in enriched[field]] == value
+                assert all(row["model"]["status"] in ("ok", "below_intrinsic") for row in enriched[field])
+            else:
+                assert enriched[field] == value, f"input field {field} changed"
+        assert enriched["model"]["forward_source"] == "parity"
+        assert enriched["model"]["atm_iv"] is not None
         for field, value in expected.items():
             assert enriched[field] == pytest.approx(value, abs=1e-9), field
         assert enriched["max_pain_strike"] in chain["strikes"]
@@ -173,9 +187,21 @@ async def test_chain_outputs(
 
     surface = await get_json(redis, "volatility_surface:NIFTY")
     smile = surface["expiries"][0]
-    assert smile["strikes"] == chain["strikes"]
-    assert smile["ivs"][0] == pytest.approx((calls[21000.0]["iv"] + puts[21000.0]["iv"]) / 2)
-    assert await redis.zcard("iv_surface:NIFTY") == 21
+    forward = cached["model"]["forward"]
+    model_iv = {  # the out-of-the-money side's model IV at each strike, else the other side's
+        row["strike"]: row["model"]["iv"]
+        for side in ("calls", "puts")
+        for row in cached[side]
+        if row["model"]["iv"] is not None and (row["strike"] < forward) == (side == "puts")
+    }
+    for side in ("calls", "puts"):
+        for row in cached[side]:
+            if row["model"]["iv"] is not None:
+                model_iv.setdefault(row["strike"], row["model"]["iv"])
+    assert smile["strikes"] == sorted(model_iv)
+    assert smile["ivs"] == [pytest.approx(model_iv[k], abs=1e-6) for k in smile["strikes"]]
+    assert smile["atm_iv"] == cached["model"]["atm_iv"]
+    assert await redis.zcard("iv_surface:NIFTY") == len(model_iv)
 
 
 async def test_iv_surface_stays_bounded(start_app: StartApp, redis: Redis, mongo: Mongo, db_name: str) -> None:
@@ -183,14 +209,13 @@ async def test_iv_surface_stays_bounded(start_app: StartApp, redis: Redis, mongo
     chain = orjson.loads(sample("synthetic_option_chain.json"))
     for second in range(5):
         stamp = f"2025-01-20T10:15:3{second}.000000"
-        for row in chain["calls"] + chain["puts"]:
-            row["iv"] = 0.1 + second / 100
         await publish(redis, OPTION_CHAIN, orjson.dumps({**chain, "timestamp": stamp}))
     await stored(mongo, db_name, "option_chains", 5)
-    # The old service only ever added members; five chains of 21 strikes made 105.
-    assert await redis.zcard("iv_surface:NIFTY") == 21
-    ivs = {orjson.loads(m)["iv"] for m in await redis.zrange("iv_surface:NIFTY", 0, -1)}  # type: ignore[arg-type]
-    assert ivs == {0.14}
+    # The old service only ever added members; five chains of 21 strikes made up to 105.
+    members = {orjson.loads(m)["strike"]: orjson.loads(m)["iv"] for m in await redis.zrange("iv_surface:NIFTY", 0, -1)}  # type: ignore[arg-type]
+    smile = (await get_json(redis, "volatility_surface:NIFTY"))["expiries"][0]
+    assert 0 < len(members) <= 21
+    assert members == dict(zip(smile["strikes"], smile["ivs"], strict=True))  # exactly the current surface
 
 
 async def test_duplicate_delivery_processed_once(

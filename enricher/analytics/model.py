@@ -1,0 +1,349 @@
+"""Black-76 model analytics of chains and quotes: price used, forward, time to expiry, IV,
+greeks; `expiry` adds what the whole expiry says.
+
+Pure numpy, no I/O, so it runs inline or in the process pool. `model_chains` solves every
+option of every chain in ONE `implied_vol` call, because the solver costs ~1 ms a call
+(on a real chain's mix of strikes) whatever its size; `model_chain` is the batch of one.
+
+Conventions, each with its reason:
+- Price used: the mid when bid > 0, ask >= bid and (ask - bid) / mid <= `max_spread`, else
+  the last trade if > 0, else none. A sane book is the freshest price; a stale last beats
+  nothing.
+- Forward: the median, over the `parity_strikes` strikes nearest spot that have both a
+  call and a put price, of K + (C - P)·e^{rT}; spot when there are none. Parity needs no
+  model, and the median shrugs off one stale leg.
+- Time to expiry: ACT/365 in seconds, from the message's event time to the expiry date at
+  the product's close (wall clock in its exchange's zone, so DST is right): the feed's
+  convention. T <= 0 is "expired": no IV, no greeks.
+- IV: each option is solved on its own price (so ITM options get an IV and greeks too),
+  but the smile, ATM IV, skew and GEX gamma use the OTM side first (see `expiry`).
+- Statuses: `STATUSES[code]`, the `black76` codes plus "no_price" and "no_forward".
+  Precedence: expired, no_forward, no_price, then the solver's.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime, time
+from functools import lru_cache
+from itertools import accumulate
+from operator import itemgetter
+from typing import Final
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import numpy.typing as npt
+
+from enricher.analytics import black76
+from enricher.analytics.expiry import (
+    PRICES_USED,
+    STATUSES,
+    ChainModel,
+    ChainSnapshot,
+    ExpiryInputs,
+    OptionColumns,
+    Side,
+    expiry_model,
+)
+from enricher.records import Chain, FloatArray, Json, Quote
+
+__all__ = [
+    "PRICES_USED",
+    "STATUSES",
+    "ChainModel",
+    "ChainSnapshot",
+    "ModelConfig",
+    "for_pool",
+    "model_chain",
+    "model_chains",
+    "model_quotes",
+    "time_to_expiry",
+]
+
+Close = tuple[int, int, str]  # (hour, minute, IANA zone) at which an expiry date expires
+StatusArray = npt.NDArray[np.uint8]
+
+NO_PRICE: Final = 6  # codes beyond black76's, named in STATUSES
+NO_FORWARD: Final = 7
+MID, LAST, NONE = 0, 1, 2  # named in PRICES_USED
+
+NSE_PRODUCTS: Final = ("NIFTY", "BANKNIFTY", "FINNIFTY", "SENSEX", "MIDCPNIFTY")
+NSE_CLOSE: Final[Close] = (15, 30, "Asia/Kolkata")
+US_CLOSE: Final[Close] = (16, 0, "America/New_York")
+SECONDS_PER_YEAR: Final = 365.0 * 86_400.0
+
+POOL_BOOK: Final = "model_book"  # doc key of `for_pool`'s (4, n) bid/ask array
+_BOOK_KEYS: Final = ("strike", "bid", "ask")
+_BOOK: Final = tuple(itemgetter(key) for key in _BOOK_KEYS)
+
+
+def _nse_closes() -> dict[str, Close]:
+    return dict.fromkeys(NSE_PRODUCTS, NSE_CLOSE)
+
+
+def _lot_sizes() -> dict[str, float]:
+    return {"NIFTY": 75.0, "BANKNIFTY": 30.0, "FINNIFTY": 65.0, "SENSEX": 20.0, "MIDCPNIFTY": 120.0}
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    """Everything the model takes from settings; picklable, so the pool gets it per call."""
+
+    r: float = 0.0  # continuously compounded
+    max_spread: float = 0.5  # widest (ask - bid) / mid for the mid to be used
+    parity_strikes: int = 3
+    closes: Mapping[str, Close] = field(default_factory=_nse_closes)
+    default_close: Close = US_CLOSE
+    lot_sizes: Mapping[str, float] = field(default_factory=_lot_sizes)
+    default_lot_size: float = 100.0
+    gex_sign: int = 1  # +1: dealers long calls, short puts; -1: the reverse
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.r):
+            raise ValueError("r must be finite")
+        if not self.max_spread >= 0.0:
+            raise ValueError("max_spread must be >= 0")
+        if self.parity_strikes < 1:
+            raise ValueError("parity_strikes must be >= 1")
+        if self.gex_sign not in (1, -1):
+            raise ValueError("gex_sign must be +1 or -1")
+        for hour, minute, zone in (*self.closes.values(), self.default_close):
+            time(hour, minute)  # ValueError if out of range
+            ZoneInfo(zone)  # ZoneInfoNotFoundError (a KeyError) if unknown
+
+    def close(self, product: str) -> Close:
+        return self.closes.get(product, self.default_close)
+
+    def lot_size(self, product: str) -> float:
+        return self.lot_sizes.get(product, self.default_lot_size)
+
+
+@lru_cache(maxsize=4096)
+def expiry_instant(expiry: str, close: Close) -> datetime | None:
+    """The aware instant at which `expiry` (YYYY-MM-DD) expires; None if it is not a date."""
+    try:
+        day = date.fromisoformat(expiry)
+    except ValueError:
+        return None
+    hour, minute, zone = close
+    return datetime.combine(day, time(hour, minute), tzinfo=ZoneInfo(zone))
+
+
+def time_to_expiry(product: str, expiry: str, at: datetime, config: ModelConfig) -> float:
+    """ACT/365 years from `at` (aware) to the expiry's close; negative once past; NaN if unreadable."""
+    end = expiry_instant(expiry, config.close(product))
+    return math.nan if end is None else (end - at).total_seconds() / SECONDS_PER_YEAR
+
+
+def price_used(bid: FloatArray, ask: FloatArray, last: FloatArray, max_spread: float) -> tuple[FloatArray, StatusArray]:
+    """(price, code into PRICES_USED) per option; the price is NaN where the code is NONE."""
+    with np.errstate(all="ignore"):
+        mid = 0.5 * (bid + ask)
+        mid_ok = (bid > 0.0) & (ask >= bid) & np.isfinite(mid) & (ask - bid <= max_spread * mid)
+        last_ok = (last > 0.0) & np.isfinite(last)
+    code = np.where(mid_ok, MID, np.where(last_ok, LAST, NONE)).astype(np.uint8)
+    return np.where(mid_ok, mid, np.where(last_ok, last, np.nan)), code
+
+
+def parity_forward(
+    strikes: FloatArray,
+    call_price: FloatArray,
+    put_price: FloatArray,
+    *,
+    spot: float,
+    years: float,
+    config: ModelConfig,
+) -> tuple[float, str]:
+    """(forward, "parity" or "spot"): see the module's conventions."""
+    both = np.flatnonzero(np.isfinite(call_price) & np.isfinite(put_price))
+    if both.size:
+        with np.errstate(all="ignore"):
+            nearest = both[np.argsort(np.abs(strikes[both] - spot), kind="stable")[: config.parity_strikes]]
+            implied = strikes[nearest] + (call_price[nearest] - put_price[nearest]) * np.exp(config.r * years)
+        values = sorted(implied.tolist())
+        middle = len(values) // 2
+        forward = values[middle] if len(values) % 2 else 0.5 * (values[middle - 1] + values[middle])
+        if math.isfinite(forward) and forward > 0.0:
+            return forward, "parity"
+    return spot, "spot"
+
+
+def book(chain: Chain) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
+    """(call bid, call ask, put bid, put ask) on the chain's strikes, read from its rows in
+    `doc` (the record has no bid/ask arrays); NaN where a row or a side of its book is missing."""
+    packed = chain.doc.get(POOL_BOOK)
+    if isinstance(packed, np.ndarray) and packed.shape == (4, chain.strikes.size):
+        return packed[0], packed[1], packed[2], packed[3]
+    return (*_side_book(chain.doc.get("calls"), chain.strikes), *_side_book(chain.doc.get("puts"), chain.strikes))
+
+
+def for_pool(chain: Chain) -> Chain:
+    """A copy of `chain` to send to the process pool, its doc cut to the book the model reads.
+
+    A parsed chain's doc holds every row as a dict: pickling it there and back costs ~2 ms
+    for 200 strikes, several times the model itself; this copy costs ~0.1-0.2 ms to make
+    and ~0.07 ms to pickle.
+    """
+    return replace(chain, doc={POOL_BOOK: np.stack(book(chain))})
+
+
+def _side_book(rows: object, strikes: FloatArray) -> tuple[FloatArray, FloatArray]:
+    n = strikes.size
+    if not isinstance(rows, list) or not rows:
+        return np.full(n, np.nan), np.full(n, np.nan)
+    try:  # every row has all three as numbers: the usual case, at C speed
+        at, bid, ask = (np.fromiter(map(get, rows), dtype=np.float64, count=len(rows)) for get in _BOOK)
+    except (KeyError, TypeError, ValueError, OverflowError):
+        at, bid, ask = (np.array([_number(row, key) for row in rows], dtype=np.float64) for key in _BOOK_KEYS)
+    if at.size == n and np.array_equal(at, strikes):
+        return bid, ask  # rows in strike order: the usual case
+    on_strikes = np.full(n, np.nan), np.full(n, np.nan)
+    if n:
+        slot = np.minimum(np.searchsorted(strikes, at), n - 1)
+        found = strikes[slot] == at
+        for column, values in zip(on_strikes, (bid, ask), strict=True):
+            column[slot[found]] = values[found]
+    return on_strikes
+
+
+def _number(row: object, key: str) -> float:
+    value = row.get(key) if isinstance(row, dict) else None
+    return float(value) if isinstance(value, int | float) else math.nan
+
+
+class _Solved:
+    """IV and greeks of a batch of options, NaN wherever the status is not OK."""
+
+    def __init__(
+        self,
+        forward: FloatArray,
+        strike: FloatArray,
+        years: FloatArray,
+        price: FloatArray,
+        is_call: npt.NDArray[np.bool_],
+        r: float,
+    ) -> None:
+        iv, status = black76.implied_vol(forward, strike, years, price, is_call, r=r)
+        status[~np.isfinite(price)] = NO_PRICE
+        status[~((forward > 0.0) & np.isfinite(forward))] = NO_FORWARD
+        status[years <= 0.0] = black76.EXPIRED
+        ok = status == black76.OK
+        self.status = status
+        self.iv = np.where(ok, iv, np.nan)
+        # black76_greeks gives gamma = vega = 0, not NaN, at a NaN vol: mask explicitly.
+        greeks = black76.black76_greeks(forward, strike, years, self.iv, is_call, r=r)
+        self.delta, self.gamma, self.vega, self.theta = (np.where(ok, g, np.nan) for g in greeks)
+
+    def columns(self, price: FloatArray, price_code: StatusArray) -> OptionColumns:
+        return OptionColumns(
+            np.stack([self.iv, self.delta, self.gamma, self.vega, self.theta, price]),
+            np.stack([price_code, self.status]),
+        )
+
+    def side(self, price: FloatArray, rows: slice) -> Side:
+        return Side(price, self.iv[rows], self.delta[rows], self.gamma[rows])
+
+
+def model_chain(chain: Chain, config: ModelConfig, previous: ChainSnapshot | None) -> tuple[ChainModel, ChainSnapshot]:
+    """The model of one chain, and the snapshot to keep for its next chain (see `model_chains`)."""
+    return model_chains([(chain, previous)], config)[0]
+
+
+def model_chains(
+    items: Sequence[tuple[Chain, ChainSnapshot | None]], config: ModelConfig
+) -> list[tuple[ChainModel, ChainSnapshot]]:
+    """Model many chains at once: the function the process pool runs.
+
+    `previous` is the snapshot last kept for the chain's (product, expiry), or None. The
+    snapshot returned is the one to keep: the new chain's, or `previous` itself if that is
+    newer (a chain that arrives out of order is compared with nothing).
+    Raises ValueError if a snapshot is of another product or expiry than its chain.
+    """
+    for chain, previous in items:
+        if previous is not None and (previous.product, previous.expiry) != (chain.product, chain.expiry):
+            raise ValueError(f"snapshot of {previous.product} {previous.expiry} for chain {chain.identity}")
+    if not items:
+        return []
+    chains = [chain for chain, _ in items]
+    sizes = [chain.strikes.size for chain in chains]
+    offsets = [0, *accumulate(sizes)]
+    total = offsets[-1]
+    strikes = _concat([chain.strikes for chain in chains])
+    call_bid, call_ask, put_bid, put_ask = (_concat(list(side)) for side in zip(*map(book, chains), strict=True))
+    call_price, call_code = price_used(call_bid, call_ask, _concat([c.call_last for c in chains]), config.max_spread)
+    put_price, put_code = price_used(put_bid, put_ask, _concat([c.put_last for c in chains]), config.max_spread)
+    years = [time_to_expiry(c.product, c.expiry, c.timestamp, config) for c in chains]
+    forwards = [
+        parity_forward(
+            strikes[start:end], call_price[start:end], put_price[start:end], spot=c.spot_price, years=t, config=config
+        )
+        for c, t, start, end in zip(chains, years, offsets, offsets[1:], strict=False)
+    ]
+    row_forward = np.repeat(np.array([f for f, _ in forwards], dtype=np.float64), sizes)
+    row_years = np.repeat(np.array(years, dtype=np.float64), sizes)
+    price = np.concatenate([call_price, put_price])
+    solved = _Solved(
+        np.concatenate([row_forward, row_forward]),
+        np.concatenate([strikes, strikes]),
+        np.concatenate([row_years, row_years]),
+        price,
+        np.arange(2 * total) < total,
+        config.r,
+    )
+    columns = solved.columns(price, np.concatenate([call_code, put_code]))
+    out = []
+    for i, (chain, previous) in enumerate(items):
+        start, end = offsets[i], offsets[i + 1]
+        rows = slice(start, end)  # of one side's arrays; `solved` has the calls' rows, then the puts'
+        calls, puts = rows, slice(total + start, total + end)
+        snapshot = ChainSnapshot(
+            product=chain.product,
+            expiry=chain.expiry,
+            timestamp=chain.timestamp,
+            strikes=chain.strikes,
+            call_oi=chain.call_oi,
+            put_oi=chain.put_oi,
+            call_price=call_price[rows].copy(),  # a copy, not a view pinning the whole batch
+            put_price=put_price[rows].copy(),
+        )
+        compare_with = previous
+        if previous is not None and previous.timestamp >= chain.timestamp:
+            snapshot, compare_with = previous, None
+        inputs = ExpiryInputs(
+            chain=chain,
+            calls=solved.side(call_price[rows], calls),
+            puts=solved.side(put_price[rows], puts),
+            forward=forwards[i][0],
+            forward_source=forwards[i][1],
+            years=years[i],
+            r=config.r,
+            lot=config.lot_size(chain.product),
+            gex_sign=config.gex_sign,
+        )
+        model = expiry_model(inputs, compare_with, columns.part(calls), columns.part(puts))
+        out.append((model, snapshot))
+    return out
+
+
+def model_quotes(quotes: Sequence[Quote], forwards: Sequence[float | None], config: ModelConfig) -> list[Json]:
+    """The `model` dict of each quote, all solved in one batch.
+
+    `forwards[i]` is quote i's forward: the latest chain forward of its (product, expiry),
+    else its product's latest spot, else None (status "no_forward").
+    """
+    if len(forwards) != len(quotes):
+        raise ValueError(f"{len(forwards)} forwards for {len(quotes)} quotes")
+    if not quotes:
+        return []
+    strike, bid, ask, last = np.array([(q.strike, q.bid, q.ask, q.last) for q in quotes], dtype=np.float64).T
+    is_call = np.array([q.option_type == "CALL" for q in quotes])
+    years = np.array([time_to_expiry(q.product, q.expiry, q.timestamp, config) for q in quotes])
+    forward = np.array([math.nan if f is None else f for f in forwards], dtype=np.float64)
+    price, code = price_used(bid, ask, last, config.max_spread)
+    return _Solved(forward, strike, years, price, is_call, config.r).columns(price, code).models()
+
+
+def _concat(arrays: list[FloatArray]) -> FloatArray:
+    return np.concatenate(arrays).astype(np.float64, copy=False)
