@@ -16,8 +16,8 @@ import orjson
 
 from enricher import cache as keys
 from enricher.analytics.candles import Candle, CandleBook
-from enricher.analytics.chain import ChainMetrics
-from enricher.analytics.expiry import ChainModel, ChainSnapshot
+from enricher.analytics.expiry import ChainSnapshot
+from enricher.analytics.jobs import ChainResults
 from enricher.analytics.model import ModelConfig, model_quotes
 from enricher.analytics.surface import SurfaceBook
 from enricher.cache import Outputs
@@ -115,14 +115,13 @@ class MarketState:
             applied.outputs.set(keys.option_key(quote.symbol), orjson.dumps(quote.doc), ttl, utc_iso(quote.timestamp))
             self.surfaces.apply_quote(quote, quote.doc["timestamp"], model.get("iv"))
             touched.add(quote.product)
-            doc = {**quote.doc, "model": model, "_id": quote.identity, "timestamp": quote.timestamp, "processed_at": now}
+            doc = {**quote.doc, "model": model, "_id": quote.identity, "timestamp": quote.timestamp}
+            doc["processed_at"] = now
             applied.documents.append(Pending(doc, key, OPTION_QUOTE, raw.data))
         self._surface_outputs(applied, touched)
         return applied
 
-    def chains(
-        self, items: list[Item], results: tuple[list[ChainMetrics], list[tuple[ChainModel, ChainSnapshot]]], now: datetime
-    ) -> Applied:
+    def chains(self, items: list[Item], results: ChainResults, now: datetime) -> Applied:
         applied, ttl = Applied(), self._settings.cache_ttl
         out = applied.outputs
         touched: set[str] = set()

@@ -9,8 +9,8 @@ from typing import Any
 import orjson
 import pytest
 from pymongo import AsyncMongoClient
-from vollib.black.implied_volatility import implied_volatility as black_iv
 from redis.asyncio import Redis
+from vollib.black.implied_volatility import implied_volatility as black_iv
 
 from enricher.app import Enricher
 from enricher.records import OPTION_CHAIN, OPTION_QUOTE, UNDERLYING
