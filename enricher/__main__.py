@@ -24,6 +24,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     settings.add_arguments(run)
 
+    check = commands.add_parser(
+        "check",
+        help="check Redis and MongoDB with the configured settings; exit 1 on any failure",
+        description="One line per check: versions, permissions, indexes, subscriptions. "
+        "Run it first, or as a HEALTHCHECK / systemd ExecStartPre.",
+    )
+    settings.add_arguments(check)
+
     feed = commands.add_parser("feed", help="publish the synthetic DeltaStream feed")
     feed.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://localhost:6379/0"))
     feed.add_argument("--rate", type=float, default=1.0, help="feed loops per second (1 = the real feed's pace)")
@@ -55,12 +63,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "run":
+    if args.command in ("run", "check"):
         try:
             config = settings.load(os.environ, args)
         except ValueError as exc:
             print(f"enricher: bad setting: {exc}", file=sys.stderr)
             return 2
+        if args.command == "check":
+            logs.configure("warning", config.log_format)
+            from enricher.check import main_check
+
+            return run(main_check(config))
         logs.configure(config.log_level, config.log_format)
         from enricher.app import serve
 

@@ -20,9 +20,11 @@ from pymongo import AsyncMongoClient
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from enricher import systemd
 from enricher.backoff import Backoff
 from enricher.cache import Cache
 from enricher.deadletter import DeadLetters
+from enricher.health import HealthServer, track_dlq_length
 from enricher.idempotency import Idempotency
 from enricher.intake import ChannelQueue, next_batch
 from enricher.metrics import Metrics
@@ -45,6 +47,7 @@ class Enricher:
         self.metrics = Metrics()
         self.source: Source = source or PubSubSource(settings.redis_url, CHANNELS, self.metrics)
         self.store: MongoStore | None = None
+        self.health: HealthServer | None = None
         self.queues: dict[str, ChannelQueue] = {}
         self._stack = AsyncExitStack()
         self._workers: list[asyncio.Task[None]] = []
@@ -66,6 +69,11 @@ class Enricher:
     async def start(self, ready_timeout: float = 30.0) -> None:
         s = self.settings
         log.info("starting", settings=s.redacted())
+        if s.http_port:
+            # First, so /healthz answers during start-up and /metrics during the drain.
+            self.health = HealthServer(self, s.http_port, histograms=self.metrics.histograms)
+            await self.health.start()
+            self._stack.push_async_callback(self.health.stop)
         self.redis = Redis.from_url(s.redis_url)  # writes; the source reads on its own connection
         self._stack.push_async_callback(self.redis.aclose)
         self.dead_letters = DeadLetters(self.redis, self.metrics, max_len=s.dlq_max)
@@ -108,11 +116,18 @@ class Enricher:
             for index in range(s.workers):
                 self._workers.append(asyncio.create_task(self._work(queue), name=f"worker:{channel}:{index}"))
         self._services.append(asyncio.create_task(self.dead_letters.run(), name="deadletters"))
+        self._services.append(
+            asyncio.create_task(track_dlq_length(self.redis, self.metrics.histograms), name="dlq_length")
+        )
+        watchdog = systemd.watchdog_interval()
+        if watchdog is not None:
+            self._services.append(asyncio.create_task(_watchdog(watchdog), name="watchdog"))
         if self.store is not None:
             self._services.append(asyncio.create_task(self.store.run(), name="store"))
             self._services.append(asyncio.create_task(self._create_indexes(), name="indexes"))
         self._intake = asyncio.create_task(self._read(), name="intake")
         await self._until_ready(ready_timeout)
+        systemd.ready()
         log.info("ready", channels=list(CHANNELS), workers=s.workers, pool=s.pool_workers, persist=s.persist)
 
     async def _backlog(self, channel: str) -> Backlog | None:
@@ -206,6 +221,7 @@ class Enricher:
             return max(0.0, deadline - time.monotonic())
 
         log.info("stopping", grace_s=grace)
+        systemd.stopping()
         await _bounded("unsubscribe", self.source.stop(), 5.0)
         if self._intake is not None:
             await _bounded("intake", asyncio.shield(self._intake), remaining())
@@ -234,6 +250,13 @@ class Enricher:
                 log.error("dead_letters_lost_at_exit", count=self.dead_letters.pending, reason="Redis unreachable")
         await _bounded("close", self._stack.aclose(), 10.0)
         log.info("stopped", cut_off=cut_off, summary=self.metrics.summary())
+
+
+async def _watchdog(interval: float) -> None:
+    """WATCHDOG=1 from the event loop itself: a stuck loop stops the pings and systemd restarts us."""
+    while True:
+        systemd.watchdog_ping()
+        await asyncio.sleep(interval)
 
 
 async def _drained(queue: ChannelQueue) -> None:

@@ -18,7 +18,7 @@ import orjson
 from redis.asyncio import Redis
 
 from enricher.app import Enricher
-from enricher.embedded import MongoServer, RedisServer
+from enricher.embedded import MongoServer, RedisServer, free_port
 from enricher.feed.publisher import publish_paced
 from enricher.feed.synthetic import SyntheticFeed
 from enricher.metrics import PROCESSED, RECEIVED
@@ -39,8 +39,19 @@ async def run_demo(args: argparse.Namespace) -> int:
         servers.callback(redis_server.close)
         servers.callback(mongo_server.close)
         await asyncio.gather(asyncio.to_thread(redis_server.start), asyncio.to_thread(mongo_server.start))
-        settings = Settings(redis_url=redis_server.url, mongo_url=mongo_server.url, log_level="warning", pool_workers=1)
-        print(f"redis {redis_server.url}  mongodb {mongo_server.url}  (Ctrl-C to stop)", flush=True)
+        http_port = free_port()
+        settings = Settings(
+            redis_url=redis_server.url,
+            mongo_url=mongo_server.url,
+            log_level="warning",
+            pool_workers=1,
+            http_port=http_port,
+        )
+        print(
+            f"redis {redis_server.url}  mongodb {mongo_server.url}  metrics http://localhost:{http_port}/metrics"
+            "  (Ctrl-C to stop)",
+            flush=True,
+        )
         async with Enricher(settings) as app:
             redis = Redis.from_url(redis_server.url)
             feed = SyntheticFeed(seed=int(time.time()))

@@ -10,6 +10,8 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from enricher.histograms import Histograms
+
 # Per-channel message outcomes. Every message received ends in exactly one of the last five.
 RECEIVED = "received"
 PROCESSED = "processed"
@@ -48,6 +50,7 @@ class Metrics:
     events: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
     last_message_at: dict[str, float] = field(default_factory=dict)
     latency: defaultdict[str, LatencyWindow] = field(default_factory=lambda: defaultdict(LatencyWindow))
+    histograms: Histograms = field(default_factory=Histograms)  # what Prometheus scrapes
     started_at: float = field(default_factory=time.time)
 
     def count(self, channel: str, outcome: str, n: int = 1) -> None:

@@ -19,6 +19,7 @@ from enricher.backoff import Backoff
 from enricher.cache import Cache, Outputs
 from enricher.deadletter import DeadLetters
 from enricher.errors import is_transient
+from enricher.histograms import END_TO_END, PROCESSING
 from enricher.idempotency import Claim, Idempotency, mark_key
 from enricher.logs import debug_enabled
 from enricher.messages import parse
@@ -223,6 +224,9 @@ class Pipeline:
         for _, raw, _ in items:
             outcomes[id(raw)] = PROCESSED
             window.add(now - raw.received_at)
+        histograms = metrics.histograms
+        histograms.observe_many(PROCESSING, channel, [now - raw.received_at for _, raw, _ in items])
+        histograms.observe_many(END_TO_END, channel, [now - record.timestamp.timestamp() for record, _, _ in items])
         if debug_enabled(log):
             for record, raw, _ in items:
                 log.debug(

@@ -21,6 +21,7 @@ import structlog
 from enricher.analytics.expiry import ChainSnapshot
 from enricher.analytics.jobs import ChainResults, chain_job, shippable
 from enricher.analytics.model import ModelConfig
+from enricher.histograms import POOL_BATCH, POOL_BATCH_SIZE
 from enricher.metrics import Metrics
 from enricher.records import Chain
 
@@ -73,7 +74,10 @@ class AnalyticsPool:
         else:
             result = await self._in_pool(shippable(chains), previous, config)
             self._metrics.event("analytics_pool_batches")
-        self._metrics.latency["analytics"].add(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        self._metrics.latency["analytics"].add(elapsed)
+        self._metrics.histograms.observe(POOL_BATCH, "", elapsed)
+        self._metrics.histograms.observe(POOL_BATCH_SIZE, "", len(chains))
         return result
 
     async def _in_pool(

@@ -28,6 +28,7 @@ from pymongo.errors import BulkWriteError, PyMongoError
 from enricher.backoff import Backoff
 from enricher.deadletter import DeadLetters
 from enricher.errors import is_transient
+from enricher.histograms import MONGO_BATCH_SIZE, MONGO_WRITE
 from enricher.metrics import Metrics
 from enricher.redact import redact_text
 
@@ -230,7 +231,10 @@ class MongoStore:
             failed = {i: redact_text(str(exc)) for i in range(len(batch))}
         self._metrics.event("mongo_batches")
         self._metrics.event(f"mongo_docs:{collection}", len(batch) - len(failed))
-        self._metrics.latency[f"mongo:{collection}"].add(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        self._metrics.latency[f"mongo:{collection}"].add(elapsed)
+        self._metrics.histograms.observe(MONGO_WRITE, collection, elapsed)
+        self._metrics.histograms.observe(MONGO_BATCH_SIZE, collection, len(batch))
         for index, message in failed.items():
             entry = batch[index]
             self._dead.reject(entry.channel, entry.raw, "mongo_write_error", message)

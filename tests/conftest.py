@@ -97,6 +97,7 @@ def make_settings(redis_base_url: str, mongo_url: str, db_name: str) -> Callable
             "flush_interval": 0.01,
             "grace_period": 10.0,
             "log_level": "warning",
+            "http_port": 0,  # off: tests that want it start a HealthServer on an ephemeral port
         }
         values.update(overrides)
         return Settings(**values)

@@ -12,9 +12,7 @@ from enricher.records import Chain
 ChainResults = tuple[list[ChainMetrics], list[tuple[ChainModel, ChainSnapshot]]]
 
 
-def chain_job(
-    chains: Sequence[Chain], previous: Sequence[ChainSnapshot | None], config: ModelConfig
-) -> ChainResults:
+def chain_job(chains: Sequence[Chain], previous: Sequence[ChainSnapshot | None], config: ModelConfig) -> ChainResults:
     """The contract's metrics and the model for a batch of chains (`chains` as `for_pool` made them)."""
     return analyse_chain_batch(pack_chains(chains)), model_chains(list(zip(chains, previous, strict=True)), config)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -49,3 +50,13 @@ def test_readme_opens_with_the_two_commands() -> None:
     head = readme[: readme.index("## How it works")]
     assert "pip install -e '.[demo]' && python -m enricher demo" in head
     assert "pip install -e '.[test]' && pytest" in head
+
+
+def test_check_command_passes_against_the_test_servers(redis_base_url: str, mongo_url: str, db_name: str) -> None:
+    env = {**os.environ, "REDIS_URL": redis_base_url, "MONGO_URL": mongo_url, "ENRICHER_MONGO_DB": db_name}
+    result = subprocess.run(
+        [sys.executable, "-m", "enricher", "check"], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "ok   redis ping" in result.stdout
+    assert "ok   mongodb indexes" in result.stdout

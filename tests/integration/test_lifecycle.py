@@ -7,6 +7,8 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,6 +18,7 @@ import pytest
 from pymongo import AsyncMongoClient
 from redis.asyncio import Redis
 
+from enricher.embedded import free_port
 from enricher.feed.publisher import publish_burst
 from enricher.feed.synthetic import SyntheticFeed
 from enricher.records import CHANNELS, OPTION_CHAIN, OPTION_QUOTE, UNDERLYING
@@ -41,6 +44,16 @@ def start_daemon(redis_url: str, mongo_url: str, db_name: str, log: Path, **env:
         )
 
 
+def http_status(port: int, path: str) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
+    except OSError:
+        return 0
+
+
 async def subscribed(redis: Redis, expected: int = 1) -> bool:
     counts = await redis.pubsub_numsub(*CHANNELS)
     return all(n >= expected for _, n in counts)
@@ -57,9 +70,18 @@ async def test_signal_drains_and_flushes_everything_received(
     tmp_path: Path,
 ) -> None:
     log = tmp_path / "daemon.log"
-    daemon = start_daemon(redis_base_url, mongo_url, db_name, log, ENRICHER_POOL_WORKERS="1")
+    port = free_port()
+    daemon = start_daemon(
+        redis_base_url, mongo_url, db_name, log, ENRICHER_POOL_WORKERS="1", ENRICHER_HTTP_PORT=str(port)
+    )
     try:
         await wait_for(lambda: subscribed(redis), timeout=30, what="daemon subscription")
+
+        async def ready() -> bool:
+            return await asyncio.to_thread(http_status, port, "/readyz") == 200
+
+        await wait_for(ready, timeout=30, what="/readyz")
+        assert await asyncio.to_thread(http_status, port, "/healthz") == 200
         feed = SyntheticFeed(seed=7, start=datetime(2025, 1, 20, 4, 0, tzinfo=UTC), step=timedelta(milliseconds=5))
         sent = await publish_burst(redis, feed.burst(1000, 2000, 50))
         daemon.send_signal(signum)  # at once: much of the burst is still queued or in flight
