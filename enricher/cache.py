@@ -21,21 +21,39 @@ ENRICHED_UNDERLYING: Final = "enriched:underlying"
 ENRICHED_CHAIN: Final = "enriched:option_chain"
 STAMP_PREFIX: Final = "enricher:stamp:"
 
-# Stamps are fixed-width strings, so byte order is time order.
-_SET_IF_NEWER: Final = """
-local current = redis.call('GET', KEYS[2])
-if current and current > ARGV[3] then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[2])
-return 1
-"""
-_REPLACE_ZSET_IF_NEWER: Final = """
-local current = redis.call('GET', KEYS[2])
-if current and current > ARGV[1] then return 0 end
-redis.call('DEL', KEYS[1])
-for i = 2, #ARGV, 2 do redis.call('ZADD', KEYS[1], ARGV[i], ARGV[i + 1]) end
-redis.call('SET', KEYS[2], ARGV[1])
-return 1
+# One script call per batch writes every key (set-if-newer), replaces the sorted sets and
+# publishes: redis-py then parses one reply, not one per command. Stamps are fixed-width
+# strings, so byte order is time order.
+#   KEYS: key, stamp key for each set; then key, stamp key for each sorted set
+#   ARGV: #sets, #sorted sets, #publishes; value, ttl, stamp per set;
+#         stamp, member count, (score, member)... per sorted set; channel, data per publish
+_WRITE: Final = """
+local sets, zsets, pubs = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local a, k = 4, 1
+for _ = 1, sets do
+    local current = redis.call('GET', KEYS[k + 1])
+    if not current or current <= ARGV[a + 2] then
+        redis.call('SET', KEYS[k], ARGV[a], 'EX', ARGV[a + 1])
+        redis.call('SET', KEYS[k + 1], ARGV[a + 2], 'EX', ARGV[a + 1])
+    end
+    a, k = a + 3, k + 2
+end
+for _ = 1, zsets do
+    local stamp, count = ARGV[a], tonumber(ARGV[a + 1])
+    a = a + 2
+    local current = redis.call('GET', KEYS[k + 1])
+    if not current or current <= stamp then
+        redis.call('DEL', KEYS[k])
+        for i = 0, count - 1 do redis.call('ZADD', KEYS[k], ARGV[a + 2 * i], ARGV[a + 2 * i + 1]) end
+        redis.call('SET', KEYS[k + 1], stamp)
+    end
+    a, k = a + 2 * count, k + 2
+end
+for _ = 1, pubs do
+    redis.call('PUBLISH', ARGV[a], ARGV[a + 1])
+    a = a + 2
+end
+return sets + zsets + pubs
 """
 
 
@@ -93,22 +111,23 @@ class Outputs:
 class Cache:
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
-        self._set_if_newer = redis.register_script(_SET_IF_NEWER)
-        self._replace_zset = redis.register_script(_REPLACE_ZSET_IF_NEWER)
+        self._write = redis.register_script(_WRITE)
 
     async def write(self, outputs: Outputs) -> None:
         if not outputs:
             return
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for key, (value, ttl, stamp) in outputs.keys.items():
-                await self._set_if_newer(keys=[key, STAMP_PREFIX + key], args=[value, ttl, stamp], client=pipe)
-            for key, (members, stamp) in outputs.sorted_sets.items():
-                # Rewriting the whole set from the current surface is what bounds it: the old
-                # service only ever added members, and the set grew without limit.
-                args: list[bytes | str | float] = [stamp]
-                for member, score in members:
-                    args += [score, member]
-                await self._replace_zset(keys=[key, STAMP_PREFIX + key], args=args, client=pipe)
-            for channel, data in outputs.publishes:
-                pipe.publish(channel, data)
-            await pipe.execute()
+        keys: list[str] = []
+        args: list[bytes | str | int | float] = [len(outputs.keys), len(outputs.sorted_sets), len(outputs.publishes)]
+        for key, (value, ttl, stamp) in outputs.keys.items():
+            keys += (key, STAMP_PREFIX + key)
+            args += (value, ttl, stamp)
+        for key, (members, stamp) in outputs.sorted_sets.items():
+            # Rewriting the whole set from the current surface is what bounds it: the old
+            # service only ever added members, and the set grew without limit.
+            keys += (key, STAMP_PREFIX + key)
+            args += (stamp, len(members))
+            for member, score in members:
+                args += (score, member)
+        for channel, data in outputs.publishes:
+            args += (channel, data)
+        await self._write(keys=keys, args=args)

@@ -16,8 +16,6 @@ from typing import Final
 from redis.asyncio import Redis
 
 PREFIX: Final = "enricher:seen:"
-_INFLIGHT: Final = b"p"
-_DONE: Final = b"d"
 
 
 class Claim(enum.Enum):
@@ -30,36 +28,44 @@ def mark_key(kind: str, identity: str) -> str:
     return f"{PREFIX}{kind}:{identity}"
 
 
+# One script call per batch: redis-py parses one reply instead of two per message.
+_CLAIM: Final = """
+local claims = {}
+for i, key in ipairs(KEYS) do
+    if redis.call('SET', key, 'p', 'NX', 'PX', ARGV[1]) then
+        claims[i] = 0
+    elseif redis.call('GET', key) == 'd' then
+        claims[i] = 1
+    else
+        claims[i] = 2
+    end
+end
+return claims
+"""
+_DONE: Final = """
+for _, key in ipairs(KEYS) do redis.call('SET', key, 'd', 'EX', ARGV[1]) end
+return #KEYS
+"""
+_CLAIMS: Final = (Claim.NEW, Claim.DONE, Claim.BUSY)
+
+
 class Idempotency:
     def __init__(self, redis: Redis, *, inflight_ttl: float, done_ttl: int) -> None:
         self._redis = redis
         self._inflight_ms = max(1, int(inflight_ttl * 1000))
         self._done_ttl = done_ttl
+        self._claim = redis.register_script(_CLAIM)
+        self._done = redis.register_script(_DONE)
 
     async def claim(self, keys: Sequence[str]) -> list[Claim]:
         if not keys:
             return []
-        # MULTI makes each SET NX + GET pair atomic (SET ... NX GET needs Redis 7).
-        async with self._redis.pipeline(transaction=True) as pipe:
-            for key in keys:
-                pipe.set(key, _INFLIGHT, nx=True, px=self._inflight_ms)
-                pipe.get(key)
-            replies = await pipe.execute()
-        claims = []
-        for won, value in zip(replies[0::2], replies[1::2], strict=True):
-            if won:
-                claims.append(Claim.NEW)
-            else:
-                claims.append(Claim.DONE if value == _DONE else Claim.BUSY)
-        return claims
+        replies = await self._claim(keys=list(keys), args=[self._inflight_ms])
+        return [_CLAIMS[int(reply)] for reply in replies]
 
     async def mark_done(self, keys: Sequence[str]) -> None:
-        if not keys:
-            return
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for key in keys:
-                pipe.set(key, _DONE, ex=self._done_ttl)
-            await pipe.execute()
+        if keys:
+            await self._done(keys=list(keys), args=[self._done_ttl])
 
     async def release(self, keys: Sequence[str]) -> None:
         if keys:

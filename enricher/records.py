@@ -23,8 +23,9 @@ Json = dict[str, Any]
 
 
 def utc_iso(moment: datetime) -> str:
-    """One spelling of an instant, used in identities so naive and offset forms collide."""
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """One fixed-width spelling of an (aware, UTC) instant, used in identities and stamps so
+    naive and offset forms of one instant collide, and byte order is time order."""
+    return moment.isoformat(timespec="microseconds")
 
 
 @dataclass(frozen=True, slots=True)

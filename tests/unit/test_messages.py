@@ -80,7 +80,7 @@ def test_synthetic_tick() -> None:
     assert (tick.product, tick.price, tick.tick_id) == ("NIFTY", 21503.45, 123)
     assert tick.timestamp == datetime(2025, 1, 20, 4, 45, 30, 123456, tzinfo=UTC)
     assert tick.doc == orjson.loads(data)
-    assert tick.identity == "NIFTY:123:2025-01-20T04:45:30.123456Z"
+    assert tick.identity == "NIFTY:123:2025-01-20T04:45:30.123456+00:00"
 
 
 def test_gdf_tick_keeps_the_extras() -> None:
