@@ -6,7 +6,7 @@ past `messages.parse` knows which provider sent a message.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
@@ -38,10 +38,13 @@ class Tick:
     tick_id: int
     doc: Json  # the payload as received (JSON types, timestamp still a string)
 
-    @property
-    def identity(self) -> str:
+    stamp: str = field(init=False, repr=False, compare=False)  # utc_iso(timestamp), computed once
+    identity: str = field(init=False, repr=False, compare=False)  # what makes two deliveries one message
+
+    def __post_init__(self) -> None:
         # tick_id alone restarts at 0 with the feed (CONTRACT §6); the time makes it unique.
-        return f"{self.product}:{self.tick_id}:{utc_iso(self.timestamp)}"
+        object.__setattr__(self, "stamp", utc_iso(self.timestamp))
+        object.__setattr__(self, "identity", f"{self.product}:{self.tick_id}:{self.stamp}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,9 +65,12 @@ class Quote:
     timestamp: datetime  # aware, UTC
     doc: Json  # normalised quote: every input field, plus the canonical names
 
-    @property
-    def identity(self) -> str:
-        return f"{self.symbol}:{utc_iso(self.timestamp)}"
+    stamp: str = field(init=False, repr=False, compare=False)  # utc_iso(timestamp), computed once
+    identity: str = field(init=False, repr=False, compare=False)  # what makes two deliveries one message
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stamp", utc_iso(self.timestamp))
+        object.__setattr__(self, "identity", f"{self.symbol}:{self.stamp}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,9 +95,12 @@ class Chain:
     put_iv: FloatArray
     doc: Json  # normalised chain: every input field (calls and puts included)
 
-    @property
-    def identity(self) -> str:
-        return f"{self.product}:{self.expiry}:{utc_iso(self.timestamp)}"
+    stamp: str = field(init=False, repr=False, compare=False)  # utc_iso(timestamp), computed once
+    identity: str = field(init=False, repr=False, compare=False)  # what makes two deliveries one message
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stamp", utc_iso(self.timestamp))
+        object.__setattr__(self, "identity", f"{self.product}:{self.expiry}:{self.stamp}")
 
 
 Record = Tick | Quote | Chain

@@ -84,7 +84,7 @@ class MarketState:
             self.spots[tick.product] = tick.price
             touched.add(tick.product)
             value = orjson.dumps({"price": tick.price, "timestamp": received})
-            out.set(keys.underlying_key(tick.product), value, ttl, utc_iso(tick.timestamp))
+            out.set(keys.underlying_key(tick.product), value, ttl, tick.stamp)
             event = {
                 "type": "UNDERLYING_ENRICHED",
                 "product": tick.product,
@@ -112,7 +112,7 @@ class MarketState:
         touched: set[str] = set()
         for (_, raw, key), quote, model in zip(items, quotes, models, strict=True):
             # The cache keeps the quote exactly as received (CONTRACT §2); the model goes to MongoDB.
-            applied.outputs.set(keys.option_key(quote.symbol), orjson.dumps(quote.doc), ttl, utc_iso(quote.timestamp))
+            applied.outputs.set(keys.option_key(quote.symbol), orjson.dumps(quote.doc), ttl, quote.stamp)
             self.surfaces.apply_quote(quote, quote.doc["timestamp"], model.get("iv"))
             touched.add(quote.product)
             doc = {**quote.doc, "model": model, "_id": quote.identity, "timestamp": quote.timestamp}
@@ -141,7 +141,7 @@ class MarketState:
                 "processed_at": now,  # orjson writes ISO-8601; MongoDB gets a datetime
             }
             data = orjson.dumps(enriched)
-            stamp = utc_iso(chain.timestamp)
+            stamp = chain.stamp
             out.set(keys.chain_key(chain.product, chain.expiry), data, ttl, stamp)
             pcr = {"pcr_oi": metrics.pcr_oi, "pcr_volume": metrics.pcr_volume, "timestamp": received}
             out.set(keys.pcr_key(chain.product, chain.expiry), orjson.dumps(pcr), ttl, stamp)
