@@ -1,9 +1,10 @@
 """Where raw messages come from. A source yields `RawMessage`s; the pipeline doesn't care how.
 
 `PubSubSource` is DeltaStream's transport today: at-most-once Redis pub/sub. It reads on a
-connection of its own (a subscribed RESP2 connection can run nothing else), rebuilds the
-subscription with backoff when Redis goes away, and on `stop()` unsubscribes and keeps
-reading until Redis confirms, so every message published before that is still delivered.
+connection of its own (a subscribed RESP2 connection can run nothing else; resp.py), pings
+it when quiet, rebuilds the subscription with backoff when Redis goes away, and on `stop()`
+unsubscribes and keeps reading until Redis confirms, so every message published before
+that is still delivered.
 """
 
 from __future__ import annotations
@@ -12,16 +13,16 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import structlog
-from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import ResponseError
 
 from enricher.backoff import Backoff
 from enricher.metrics import Metrics
 from enricher.redact import redact_text, redact_url
+from enricher.resp import SubscriberConnection, command
 
 log = structlog.get_logger("enricher.source")
 
@@ -58,29 +59,31 @@ class PubSubSource:
         self._health = health_check_interval
         self._backoff = backoff or Backoff(base=0.1, cap=5.0)
         self._stopping = False
-        self._pubsub: Any = None
+        self._connection: SubscriberConnection | None = None
         self.ready = asyncio.Event()
 
     async def stop(self) -> None:
         self._stopping = True
-        pubsub = self._pubsub
-        if pubsub is None:
+        connection = self._connection
+        if connection is None:
             return
         try:
-            await pubsub.unsubscribe()
-        except (RedisConnectionError, RedisTimeoutError, OSError):
-            await pubsub.aclose()  # Redis is gone: nothing more will arrive anyway
+            await connection.send(command("UNSUBSCRIBE"))
+        except RedisConnectionError:
+            await connection.close()  # Redis is gone: nothing more will arrive anyway
 
     async def messages(self) -> AsyncIterator[RawMessage]:
         disconnected_at: float | None = None
         while not self._stopping:
-            client = Redis.from_url(self._url, health_check_interval=self._health)
-            pubsub = client.pubsub()
+            connection = SubscriberConnection(self._url)
             try:
-                await pubsub.subscribe(*self._channels)
-                self._pubsub = pubsub
-                async for message in self._read(pubsub):
-                    if disconnected_at is not None:
+                await connection.connect()
+                await connection.send(command("SUBSCRIBE", *self._channels))
+                self._connection = connection
+                async for message in self._read(connection):
+                    if message is not None:
+                        yield message
+                    elif disconnected_at is not None:
                         log.warning(
                             "redis_resubscribed",
                             down_s=round(time.monotonic() - disconnected_at, 3),
@@ -89,10 +92,8 @@ class PubSubSource:
                         )
                         disconnected_at = None
                         self._backoff.reset()
-                    if message is not None:
-                        yield message
                 return  # every unsubscribe confirmed: a clean stop
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            except (RedisConnectionError, ResponseError, OSError) as exc:
                 self.ready.clear()
                 if self._stopping:
                     return
@@ -108,26 +109,34 @@ class PubSubSource:
                 )
                 await asyncio.sleep(delay)
             finally:
-                self._pubsub = None
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
-                await client.aclose()
+                self._connection = None
+                await connection.close()
 
-    async def _read(self, pubsub: Any) -> AsyncIterator[RawMessage | None]:
-        names = self._names
-        subscribed = 0
+    async def _read(self, connection: SubscriberConnection) -> AsyncIterator[RawMessage | None]:
+        """Messages as they come; None once subscribed to every channel (for the log line)."""
+        names, subscribed, pinged = self._names, 0, False
         while True:
-            message = await pubsub.get_message(timeout=None)
-            if message is None:
+            try:
+                replies = await connection.replies(self._health)
+            except TimeoutError:
+                # Quiet for a whole interval: make sure the connection is still alive.
+                if pinged:
+                    raise RedisConnectionError("Redis did not answer PING") from None
+                await connection.send(command("PING"))
+                pinged = True
                 continue
-            kind = message["type"]
-            if kind in {b"message", "message"}:
-                yield RawMessage(names[message["channel"]], message["data"], time.time())
-            elif kind in (b"subscribe", "subscribe"):
-                subscribed += 1
-                if subscribed == len(self._channels):
-                    self.ready.set()
-                    yield None  # lets the caller log a resubscription at once
-            elif kind in (b"unsubscribe", "unsubscribe"):
-                self.ready.clear()
-                if int(message["data"]) == 0:
-                    return
+            pinged = False
+            received = time.time()
+            for reply in replies:
+                kind = reply[0]
+                if kind == b"message":
+                    yield RawMessage(names[reply[1]], reply[2], received)
+                elif kind == b"subscribe":
+                    subscribed += 1
+                    if subscribed == len(self._channels):
+                        self.ready.set()
+                        yield None
+                elif kind == b"unsubscribe":
+                    self.ready.clear()
+                    if int(reply[2]) == 0:
+                        return
