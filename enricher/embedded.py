@@ -141,22 +141,26 @@ class _Server:
 class RedisServer(_Server):
     name = "redis"
 
-    def __init__(self, port: int | None = None, binary: str | None = None) -> None:
+    def __init__(self, port: int | None = None, binary: str | None = None, password: str | None = None) -> None:
         super().__init__(port)
         self.binary = binary or find_redis_server()
+        self.password = password
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def _command(self) -> list[str]:
-        return [
+        command = [
             self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
             "--appendonly", "no", "--dir", str(self.workdir), "--daemonize", "no",
         ]  # fmt: skip
+        return [*command, "--requirepass", self.password] if self.password else command
 
     def _ready(self) -> bool:
-        return _tcp_answers(self.port, b"PING\r\n", b"+PONG")
+        # With a password PING answers -NOAUTH, which still means the server is up.
+        return _tcp_answers(self.port, b"PING\r\n", b"-NOAUTH" if self.password else b"+PONG")
 
 
 class MongoServer(_Server):
