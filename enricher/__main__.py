@@ -57,7 +57,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="the whole pipeline on embedded servers with the built-in feed")
     demo.add_argument("--duration", type=float, default=None, help="seconds to run (default: until Ctrl-C)")
     demo.add_argument("--rate", type=float, default=1.0, help="feed loops per second")
-    demo.add_argument("--every", type=float, default=2.0, help="seconds between summaries")
+    demo.add_argument("--every", type=float, default=1.0, help="seconds between refreshes of the live view")
+
+    top = commands.add_parser(
+        "top",
+        help="a live view of a running daemon: products from its Redis, the pipeline from its /metrics",
+        description="Redraws in place in a terminal; prints plain lines when piped, with TERM=dumb, or --plain.",
+    )
+    top.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://localhost:6379/0"))
+    top.add_argument("--metrics-url", default="http://localhost:9108/metrics", help="the daemon's /metrics")
+    top.add_argument("--refresh", type=float, default=1.0, help="seconds between refreshes")
+    top.add_argument("--duration", type=float, default=None, help="seconds to run (default: until Ctrl-C)")
+    top.add_argument("--plain", action="store_true", help="plain text lines, even in a terminal")
     return parser
 
 
@@ -86,6 +97,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         logs.configure("info")
         return run(run_feed(args))
+    if args.command == "top":
+        from enricher.live import run_top
+
+        logs.configure("warning")
+        return run(run_top(args))
     from enricher.demo import run_demo
 
     logs.configure("warning")
