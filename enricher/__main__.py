@@ -1,4 +1,4 @@
-"""Command line: `python -m enricher {run,feed,demo}`. Argument parsing only."""
+"""Command line: `python -m enricher {run,check,dlq,top,feed,demo,settings}`. Argument parsing only."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from enricher import __version__, logs, settings
+from enricher.dlq import add_dlq_arguments
 from enricher.loop import run
 
 
@@ -31,6 +32,14 @@ def build_parser() -> argparse.ArgumentParser:
         "Run it first, or as a HEALTHCHECK / systemd ExecStartPre.",
     )
     settings.add_arguments(check)
+
+    dlq = commands.add_parser(
+        "dlq",
+        help="list, count, replay or purge the dead letters in dlq:enrichment",
+        description="Settings flags go before the subcommand, e.g. `enricher dlq --redis-url URL list`.",
+    )
+    settings.add_arguments(dlq)
+    add_dlq_arguments(dlq)
 
     feed = commands.add_parser("feed", help="publish the synthetic DeltaStream feed")
     feed.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://localhost:6379/0"))
@@ -74,12 +83,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in ("run", "check"):
+    if args.command in ("run", "check", "dlq"):
         try:
             config = settings.load(os.environ, args)
         except ValueError as exc:
             print(f"enricher: bad setting: {exc}", file=sys.stderr)
             return 2
+        if args.command == "dlq":
+            logs.configure("warning", config.log_format)
+            from enricher.dlq import main_dlq
+
+            return run(main_dlq(config, args))
         if args.command == "check":
             logs.configure("warning", config.log_format)
             from enricher.check import main_check

@@ -98,11 +98,16 @@ class DeadLetters:
         return len(self._pending)
 
     async def run(self, retry_delay: float = 0.5) -> None:
+        task = asyncio.current_task()
         while True:
             await self._wake.wait()
             self._wake.clear()
             while self._pending:
-                if not await self.write_pending():
+                written = await self.write_pending()
+                if task is not None and task.cancelling():
+                    # redis-py's pipeline can swallow a cancel; honour it here instead.
+                    raise asyncio.CancelledError
+                if not written:
                     await asyncio.sleep(retry_delay)
 
     async def write_pending(self) -> bool:

@@ -90,6 +90,8 @@ class SubscriberConnection:
         assert self._reader is not None
         try:
             data = await asyncio.wait_for(self._reader.read(READ_SIZE), timeout)
+        except TimeoutError:
+            raise  # silence, not a failure (TimeoutError is an OSError since 3.11): the caller PINGs
         except OSError as exc:
             raise RedisConnectionError(f"lost the Redis connection: {exc}") from exc
         if not data:

@@ -20,7 +20,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+import bson
 import structlog
+from bson.errors import InvalidDocument
 from pymongo import ASCENDING, DESCENDING, IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, PyMongoError
@@ -219,6 +221,17 @@ class MongoStore:
         failed: dict[int, str] = {}
         try:
             await self._db[collection].insert_many([entry.doc for entry in batch], ordered=False)
+        except UNENCODABLE:
+            # One document BSON can't hold (an integer past int64, a NUL in a key) fails the
+            # whole insert before it is sent. Find it, dead-letter it, write the others.
+            failed = _unencodable(batch)
+            keep = [entry for index, entry in enumerate(batch) if index not in failed]
+            if keep and not await self._insert_batch(collection, queue, keep):
+                return False
+            for index, message in failed.items():
+                entry = batch[index]
+                self._dead.reject(entry.channel, entry.raw, "mongo_write_error", message)
+            return True
         except BulkWriteError as exc:
             for error in exc.details.get("writeErrors", []):
                 if error.get("code") != DUPLICATE_KEY:
@@ -251,3 +264,19 @@ class MongoStore:
         self._metrics.event("mongo_retries")
         log.warning("mongo_write_retry", collection=collection, buffered=self._size, error=redact_text(str(exc))[:300])
         return False
+
+
+# What pymongo raises when a document can't be encoded at all (it is never sent).
+UNENCODABLE: Final = (InvalidDocument, OverflowError)
+
+
+def _unencodable(batch: list[Pending]) -> dict[int, str]:
+    failed = {}
+    for index, entry in enumerate(batch):
+        try:
+            bson.encode(entry.doc)
+        except UNENCODABLE as exc:
+            failed[index] = f"not storable in BSON: {exc}"[:500]
+    if not failed:  # every document encodes alone: something else is wrong with the batch
+        failed = dict.fromkeys(range(len(batch)), "the batch could not be encoded")
+    return failed

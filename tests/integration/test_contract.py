@@ -325,3 +325,49 @@ async def test_a_gap_in_the_tick_counter_is_counted(
     await stored(mongo, db_name, "underlying_ticks", len(ids))
     assert app.metrics.events["feed_gaps"] == 1
     assert app.metrics.events["feed_gap_ticks"] == 15
+
+
+async def test_a_document_bson_cannot_hold_is_dead_lettered_and_the_rest_stored(
+    start_app: StartApp, redis: Redis, mongo: Mongo, db_name: str
+) -> None:
+    """An integer past int64 parses as a number but can't be encoded: it once killed the writer."""
+    app = await start_app()
+    tick = sample("synthetic_underlying.json")
+    huge = with_fields(tick, tick_id=1, volume=2**64 - 1, timestamp="2025-01-20T10:15:31")
+    fine = [with_fields(tick, tick_id=i, timestamp=f"2025-01-20T10:15:3{i}") for i in (2, 3)]
+    await publish(redis, UNDERLYING, fine[0], huge, fine[1])
+    await stored(mongo, db_name, "underlying_ticks", 2)
+
+    async def dead_lettered() -> bool:
+        return await redis.llen("dlq:enrichment") == 1
+
+    await wait_for(dead_lettered, what="the unstorable tick dead-lettered")
+    record = orjson.loads(await redis.lindex("dlq:enrichment", 0) or b"{}")
+    assert record["error_type"] == "mongo_write_error"
+    assert record["payload"] == huge.decode()
+    await publish(redis, UNDERLYING, with_fields(tick, tick_id=4, timestamp="2025-01-20T10:15:39"))
+    await stored(mongo, db_name, "underlying_ticks", 3)  # the writer is still alive
+    assert app.store is not None
+
+
+async def test_a_quiet_subscription_is_pinged_not_dropped(
+    start_app: StartApp, redis: Redis, mongo: Mongo, db_name: str
+) -> None:
+    app = await start_app()
+    app.source._health = 0.2  # type: ignore[attr-defined]  # ping after 0.2 s of silence
+    await publish(redis, UNDERLYING, sample("synthetic_underlying.json"))
+    await stored(mongo, db_name, "underlying_ticks", 1)
+    pings_before = await _pings(redis)
+
+    async def three_more_pings() -> bool:
+        return await _pings(redis) >= pings_before + 3
+
+    await wait_for(three_more_pings, timeout=10, what="three quiet intervals, each answered by a PING")
+    assert app.metrics.events["redis_reconnects"] == 0
+    await publish(redis, UNDERLYING, with_fields(sample("synthetic_underlying.json"), tick_id=124))
+    await stored(mongo, db_name, "underlying_ticks", 2)
+
+
+async def _pings(redis: Redis) -> int:
+    stats = await redis.info("commandstats")
+    return int(stats.get("cmdstat_ping", {}).get("calls", 0))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -57,3 +59,74 @@ async def run_and_break(app: Enricher, locked_redis: RedisServer) -> None:
         await wait_for(lambda: app.metrics.events["redis_reconnects"] >= 1, what="a reconnect attempt")
     finally:
         await app.stop()
+
+
+class TlsRedisServer(RedisServer):
+    """redis-server with TLS only (port 0 closes plain TCP), a self-signed certificate and a password."""
+
+    name = "redis-tls"
+
+    def _command(self) -> list[str]:
+        plain = super()._command()
+        port_at = plain.index("--port")
+        plain[port_at + 1] = "0"
+        return [
+            *plain,
+            "--tls-port", str(self.port),
+            "--tls-cert-file", str(self.workdir / "cert.pem"),
+            "--tls-key-file", str(self.workdir / "key.pem"),
+            "--tls-ca-cert-file", str(self.workdir / "cert.pem"),
+            "--tls-auth-clients", "no",
+        ]  # fmt: skip
+
+    def _ready(self) -> bool:
+        import socket
+        import ssl
+
+        context = ssl.create_default_context(cafile=str(self.workdir / "cert.pem"))
+        try:
+            with (
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as raw,
+                context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+            ):
+                tls.sendall(b"PING\r\n")
+                return tls.recv(64).startswith(b"-NOAUTH")
+        except OSError:
+            return False
+
+    @property
+    def url(self) -> str:
+        return f"rediss://:{self.password}@127.0.0.1:{self.port}/0?ssl_ca_certs={self.workdir / 'cert.pem'}"
+
+
+@pytest.fixture
+def tls_redis() -> Iterator[TlsRedisServer]:
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed")
+    server = TlsRedisServer(password=SECRET)
+    if "libssl" not in subprocess.run(["ldd", server.binary], capture_output=True, text=True, check=False).stdout:
+        pytest.skip(f"{server.binary} is built without TLS")
+    certificate = [
+        openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+        "-addext", "subjectAltName=IP:127.0.0.1",
+        "-keyout", str(server.workdir / "key.pem"), "-out", str(server.workdir / "cert.pem"),
+    ]  # fmt: skip
+    subprocess.run(certificate, check=True, capture_output=True)
+    with server:
+        yield server
+
+
+async def test_tls_with_a_password_works(tls_redis: TlsRedisServer, make_settings: Callable[..., Settings]) -> None:
+    app = Enricher(make_settings(redis_url=tls_redis.url, persist=False))
+    with capture_logs() as logged:
+        await app.start()
+        try:
+            client = Redis.from_url(tls_redis.url)
+            await publish(client, UNDERLYING, sample("synthetic_underlying.json"))
+            await wait_for(lambda: app.metrics.messages[UNDERLYING, "processed"] == 1, what="the tick over TLS")
+            assert await client.get("latest:underlying:NIFTY") is not None
+            await client.aclose()
+        finally:
+            await app.stop()
+    assert SECRET not in repr(logged)
