@@ -94,6 +94,7 @@ class Enricher:
                 flush_interval=s.flush_interval,
                 max_docs=s.flush_max_docs,
                 buffer_max=s.store_buffer_max,
+                concurrency=s.mongo_concurrency,
             )
         self.pool = AnalyticsPool(s.pool_workers, s.pool_min_strikes, self.metrics)
         self._stack.callback(self.pool.close)

@@ -48,6 +48,9 @@ class Settings:
     )
     flush_interval: float = _setting(0.05, "ENRICHER_FLUSH_INTERVAL", "seconds a MongoDB write may wait")
     flush_max_docs: int = _setting(1000, "ENRICHER_FLUSH_MAX_DOCS", "documents per insert_many")
+    mongo_concurrency: int = _setting(
+        1, "ENRICHER_MONGO_CONCURRENCY", "insert_many calls in flight at once (1 suits a single node)"
+    )
     store_buffer_max: int = _setting(
         200000, "ENRICHER_STORE_BUFFER_MAX", "documents held while MongoDB is down; then dead-lettered"
     )
@@ -98,7 +101,7 @@ class Settings:
                 raise ValueError(f"{spec.name} must be one of {', '.join(choices)}")
         positive = (
             "workers", "queue_size", "batch_max", "flush_max_docs", "cache_ttl", "idem_done_ttl",
-            "retry_attempts", "store_buffer_max", "dlq_max",
+            "retry_attempts", "store_buffer_max", "dlq_max", "mongo_concurrency",
         )  # fmt: skip
         for name in positive:
             if getattr(self, name) < 1:
