@@ -83,6 +83,7 @@ class Enricher:
                 s.mongo_url,
                 tz_aware=True,
                 serverSelectionTimeoutMS=int(s.mongo_timeout * 1000),
+                timeoutMS=int(s.mongo_op_timeout * 1000),  # bounds every operation, so no write hangs
                 appname="enricher",
             )
             self._stack.push_async_callback(self.mongo.close)

@@ -19,9 +19,11 @@ from enricher.app import Enricher
 from enricher.embedded import MongoServer, RedisServer, free_port
 from enricher.feed.publisher import publish_paced
 from enricher.feed.synthetic import SyntheticFeed
+from enricher.histograms import PROCESSING
 from enricher.live import LiveView, run_view
-from enricher.live_data import PipelineStats, stats_from_app
+from enricher.live_data import PipelineStats, bucket_quantile, stats_from_app
 from enricher.metrics import PROCESSED
+from enricher.records import UNDERLYING
 from enricher.settings import Settings
 
 
@@ -74,8 +76,9 @@ async def _show(app: Enricher, redis: Redis, stop: asyncio.Event, every: float, 
 
 def _totals(app: Enricher) -> str:
     metrics = app.metrics
-    p50 = metrics.latency["market:underlying"].percentile(0.5)
-    latency = f"tick latency p50 {p50 * 1000:.2f} ms" if p50 is not None else "no ticks yet"
+    buckets = metrics.histograms.series(PROCESSING, UNDERLYING).buckets()
+    p50 = bucket_quantile(((float(le), count) for le, count in buckets), 0.5)
+    latency = f"tick processing p50 {p50 * 1000:.2f} ms" if p50 is not None else "no ticks yet"
     stored = app.store.buffered if app.store else 0
     return (
         f"processed {metrics.total(PROCESSED)}, dead letters {metrics.events['dead_lettered']}, "

@@ -23,33 +23,10 @@ DROPPED = "dropped"  # lost by a drop_* overflow policy
 
 
 @dataclass
-class LatencyWindow:
-    """The latest N latencies, for the live view's percentiles (Prometheus gets histograms)."""
-
-    size: int = 4096
-    samples: list[float] = field(default_factory=list)
-    _next: int = 0
-
-    def add(self, seconds: float) -> None:
-        if len(self.samples) < self.size:
-            self.samples.append(seconds)
-        else:
-            self.samples[self._next] = seconds
-            self._next = (self._next + 1) % self.size
-
-    def percentile(self, q: float) -> float | None:
-        if not self.samples:
-            return None
-        ordered = sorted(self.samples)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-@dataclass
 class Metrics:
     messages: defaultdict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
     events: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
     last_message_at: dict[str, float] = field(default_factory=dict)
-    latency: defaultdict[str, LatencyWindow] = field(default_factory=lambda: defaultdict(LatencyWindow))
     histograms: Histograms = field(default_factory=Histograms)  # what Prometheus scrapes
     started_at: float = field(default_factory=time.time)
 

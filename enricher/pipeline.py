@@ -220,10 +220,8 @@ class Pipeline:
         metrics = self._metrics
         metrics.count(channel, PROCESSED, len(items))
         now = time.time()
-        window = metrics.latency[channel]
         for _, raw, _ in items:
             outcomes[id(raw)] = PROCESSED
-            window.add(now - raw.received_at)
         histograms = metrics.histograms
         histograms.observe_many(PROCESSING, channel, [now - raw.received_at for _, raw, _ in items])
         histograms.observe_many(END_TO_END, channel, [now - record.timestamp.timestamp() for record, _, _ in items])

@@ -75,7 +75,6 @@ class AnalyticsPool:
             result = await self._in_pool(shippable(chains), previous, config)
             self._metrics.event("analytics_pool_batches")
         elapsed = time.perf_counter() - started
-        self._metrics.latency["analytics"].add(elapsed)
         self._metrics.histograms.observe(POOL_BATCH, "", elapsed)
         self._metrics.histograms.observe(POOL_BATCH_SIZE, "", len(chains))
         return result

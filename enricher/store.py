@@ -249,7 +249,6 @@ class MongoStore:
         self._metrics.event("mongo_batches")
         self._metrics.event(f"mongo_docs:{collection}", len(batch) - len(failed))
         elapsed = time.perf_counter() - started
-        self._metrics.latency[f"mongo:{collection}"].add(elapsed)
         self._metrics.histograms.observe(MONGO_WRITE, collection, elapsed)
         self._metrics.histograms.observe(MONGO_BATCH_SIZE, collection, len(batch))
         for index, message in failed.items():

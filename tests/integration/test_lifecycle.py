@@ -10,6 +10,7 @@ import sys
 import urllib.error
 import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,10 +19,12 @@ import pytest
 from pymongo import AsyncMongoClient
 from redis.asyncio import Redis
 
+from enricher.app import Enricher
 from enricher.embedded import free_port
 from enricher.feed.publisher import publish_burst
 from enricher.feed.synthetic import SyntheticFeed
 from enricher.records import CHANNELS, OPTION_CHAIN, OPTION_QUOTE, UNDERLYING
+from enricher.settings import Settings
 from tests.conftest import wait_for
 
 COLLECTIONS = {UNDERLYING: "underlying_ticks", OPTION_QUOTE: "option_quotes", OPTION_CHAIN: "option_chains"}
@@ -118,3 +121,16 @@ def test_bad_setting_exits_2_with_a_reason() -> None:
     )
     assert result.returncode == 2
     assert "workers must be at least 1" in result.stderr
+
+
+async def test_mongo_client_timeouts_come_from_the_settings(
+    make_settings: Callable[..., Settings], redis: Redis
+) -> None:
+    app = Enricher(make_settings(mongo_timeout=1.5, mongo_op_timeout=7.0))
+    await app.start()
+    try:
+        options = app.mongo.options
+        assert options.server_selection_timeout == 1.5
+        assert options.timeout == 7.0
+    finally:
+        await app.stop()
