@@ -242,10 +242,13 @@ class Enricher:
                 self.dead_letters.reject(queue.channel, raw.data, "shutdown", "not processed before the deadline")
         if self.store is not None:
             await _bounded("flush", self.store.flush(deadline), remaining() + 1.0)
+        # The background writer stops before the leftovers are collected: a batch it still has
+        # in flight goes back into the buffer, instead of being re-queued after take_all().
+        await _bounded("services", _cancel(self._services), 5.0)
+        if self.store is not None:
             for entry in self.store.take_all():
                 cut_off += 1
                 self.dead_letters.reject(entry.channel, entry.raw, "shutdown", "not stored before the deadline")
-        await _bounded("services", _cancel(self._services), 5.0)
         if self.dead_letters.pending:
             written = await _bounded("dead_letters", self.dead_letters.write_pending(), 5.0)
             if not written:

@@ -215,6 +215,12 @@ class MongoStore:
         self._settled.clear()
         try:
             return await self._insert_batch(collection, queue, batch)
+        except asyncio.CancelledError:
+            # Stopped mid-insert (shutdown): back into the buffer, so take_all() hands it over.
+            # If the insert did land, the dead letter replays as a harmless duplicate.
+            queue.extendleft(reversed(batch))
+            self._size += len(batch)
+            raise
         finally:
             self._in_flight.pop(token, None)
             if not self._in_flight:

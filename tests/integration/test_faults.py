@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -85,6 +86,8 @@ async def test_mongo_outage_loses_and_duplicates_nothing(
             newest = orjson.loads(sent[999])
             latest = orjson.loads(await redis.get(f"latest:underlying:{newest['product']}") or b"{}")
             assert latest == {"price": newest["price"], "timestamp": newest["timestamp"]}
+            # Down long enough for the writer to fail and back off at least once.
+            await wait_for(lambda: app.metrics.events["mongo_retries"] > 0, timeout=30, what="a failed write")
             await asyncio.to_thread(own_mongo.start)
             await publish(redis, UNDERLYING, *sent[1000:])
 
@@ -221,3 +224,56 @@ async def test_hard_deadline_hands_everything_over(make_settings: Callable[..., 
     payloads = {letter["payload"] for letter in letters}
     assert len(payloads) + spilled >= len(sent)  # a message in both places is fine (replay is idempotent)
     assert len(payloads) > 0
+
+
+async def test_dead_letters_wait_in_memory_while_redis_is_down(own_redis: RedisServer) -> None:
+    from enricher.deadletter import DeadLetters
+    from enricher.metrics import Metrics
+
+    client = Redis.from_url(own_redis.url)
+    letters = DeadLetters(client, Metrics(), max_len=1000)
+    writer = asyncio.create_task(letters.run(retry_delay=0.05))
+    try:
+        own_redis.kill()
+        for index in range(5):
+            letters.reject(UNDERLYING, f"bad {index}".encode(), "not_json", "while Redis was down")
+        await wait_for(lambda: letters.pending == 5, what="letters buffered")
+        await asyncio.to_thread(own_redis.start)
+
+        async def all_written() -> bool:
+            return letters.pending == 0 and await client.llen("dlq:enrichment") == 5
+
+        await wait_for(all_written, timeout=30, what="the buffered letters written after the restart")
+        payloads = [orjson.loads(raw)["payload"] for raw in await client.lrange("dlq:enrichment", 0, -1)]
+        assert payloads == [f"bad {index}" for index in reversed(range(5))]  # newest first, none lost
+    finally:
+        writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await writer
+        await client.aclose()
+
+
+async def test_store_buffer_bound_dead_letters_the_oldest_while_mongo_is_down(
+    make_settings: Callable[..., Settings], redis: Redis
+) -> None:
+    from enricher.embedded import free_port
+
+    settings = make_settings(
+        mongo_url=f"mongodb://127.0.0.1:{free_port()}/", mongo_timeout=0.5, store_buffer_max=100, grace_period=0.5
+    )
+    app = Enricher(settings)
+    await app.start(ready_timeout=1.0)
+    feed = SyntheticFeed(seed=8, start=datetime(2025, 1, 20, 4, 0, tzinfo=UTC), step=timedelta(milliseconds=3))
+    sent = ticks(feed, 300)
+    await publish(redis, UNDERLYING, *sent)
+    await wait_for(lambda: app.metrics.messages[UNDERLYING, "processed"] == len(sent), what="all processed live")
+    assert app.store is not None
+    assert app.store.buffered <= 100
+    assert app.metrics.events["store_buffer_overflow"] == len(sent) - 100
+    await app.stop()
+    letters = [orjson.loads(raw) for raw in await redis.lrange("dlq:enrichment", 0, -1)]
+    reasons = {
+        reason: sum(1 for letter in letters if letter["error_type"] == reason)
+        for reason in ("store_buffer_full", "shutdown")
+    }
+    assert reasons == {"store_buffer_full": 200, "shutdown": 100}  # the bound, then the deadline: none dropped
