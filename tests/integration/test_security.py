@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 from structlog.testing import capture_logs
 
 from enricher.app import Enricher
-from enricher.embedded import RedisServer
+from enricher.embedded import RedisServer, find_redis_server
 from enricher.records import UNDERLYING
 from enricher.redact import redact_text, redact_url
 from enricher.settings import Settings
@@ -104,9 +104,10 @@ def tls_redis() -> Iterator[TlsRedisServer]:
     openssl = shutil.which("openssl")
     if openssl is None:
         pytest.skip("openssl is not installed")
-    server = TlsRedisServer(password=SECRET)
-    if "libssl" not in subprocess.run(["ldd", server.binary], capture_output=True, text=True, check=False).stdout:
-        pytest.skip(f"{server.binary} is built without TLS")
+    binary = find_redis_server()
+    if "libssl" not in subprocess.run(["ldd", binary], capture_output=True, text=True, check=False).stdout:
+        pytest.skip(f"{binary} is built without TLS")
+    server = TlsRedisServer(password=SECRET, binary=binary)
     certificate = [
         openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
         "-addext", "subjectAltName=IP:127.0.0.1",
