@@ -50,15 +50,22 @@ async def test_a_password_protected_redis_works_and_its_password_never_shows(
 async def run_and_break(app: Enricher, locked_redis: RedisServer) -> None:
     await app.start()
     try:
-        client = Redis.from_url(locked_redis.url)
-        await publish(client, UNDERLYING, sample("synthetic_underlying.json"))
-        await wait_for(lambda: app.metrics.messages[UNDERLYING, "processed"] == 1, what="the tick processed")
-        assert await client.get("latest:underlying:NIFTY") is not None
-        await client.aclose()
+        await one_tick_through(app, locked_redis.url)
         locked_redis.kill()  # errors now name the URL: still without the password
         await wait_for(lambda: app.metrics.events["redis_reconnects"] >= 1, what="a reconnect attempt")
     finally:
         await app.stop()
+
+
+async def one_tick_through(app: Enricher, url: str) -> None:
+    """Publish the sample tick on `url` and see it processed and cached."""
+    client = Redis.from_url(url)
+    try:
+        await publish(client, UNDERLYING, sample("synthetic_underlying.json"))
+        await wait_for(lambda: app.metrics.messages[UNDERLYING, "processed"] == 1, what="the tick processed")
+        assert await client.get("latest:underlying:NIFTY") is not None
+    finally:
+        await client.aclose()
 
 
 class TlsRedisServer(RedisServer):
@@ -123,11 +130,7 @@ async def test_tls_with_a_password_works(tls_redis: TlsRedisServer, make_setting
     with capture_logs() as logged:
         await app.start()
         try:
-            client = Redis.from_url(tls_redis.url)
-            await publish(client, UNDERLYING, sample("synthetic_underlying.json"))
-            await wait_for(lambda: app.metrics.messages[UNDERLYING, "processed"] == 1, what="the tick over TLS")
-            assert await client.get("latest:underlying:NIFTY") is not None
-            await client.aclose()
+            await one_tick_through(app, tls_redis.url)
         finally:
             await app.stop()
     assert SECRET not in repr(logged)
