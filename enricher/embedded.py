@@ -6,7 +6,6 @@ ships), and SecantusDB (GPL-2.0) is started through its `secantusd-py` launcher.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import os
 import shutil
@@ -15,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -190,9 +189,3 @@ class MongoServer(_Server):
 
     def _ready(self) -> bool:
         return _tcp_answers(self.port, b"", b"")
-
-
-@contextlib.contextmanager
-def servers() -> Iterator[tuple[RedisServer, MongoServer]]:
-    with RedisServer() as redis, MongoServer() as mongo:
-        yield redis, mongo
