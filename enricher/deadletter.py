@@ -11,6 +11,7 @@ import asyncio
 import base64
 import time
 from collections import deque
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -21,6 +22,7 @@ from redis.exceptions import RedisError
 
 from enricher import __version__
 from enricher.metrics import Metrics
+from enricher.records import CHANNELS
 
 DLQ_KEY: Final = "dlq:enrichment"
 log = structlog.get_logger("enricher.deadletter")
@@ -71,6 +73,71 @@ def _iso(epoch: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{int(epoch % 1 * 1e6):06d}Z"
 
 
+# Reading the list: records are read a page at a time, addressed from the tail. LPUSH never
+# moves those indexes, so a daemon that dead-letters while we read neither shifts the pages
+# nor adds to what we see.
+PAGE: Final = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    index: int  # position when read; 0 is the newest
+    raw: bytes  # the list element exactly as stored, for LREM
+    record: dict[str, Any]  # empty when the element is not a JSON object
+
+    @property
+    def channel(self) -> str:
+        return str(self.record.get("channel", "-"))
+
+    @property
+    def error_type(self) -> str:
+        return str(self.record.get("error_type", "-"))
+
+    @property
+    def payload(self) -> bytes | None:
+        """The raw message to replay; None if the record has none (or a corrupt one)."""
+        if self.record.get("channel") not in CHANNELS or not {"payload", "payload_b64"} & self.record.keys():
+            return None
+        try:
+            return payload_bytes(self.record)
+        except ValueError:  # binascii.Error: payload_b64 is not base64
+            return None
+
+    def matches(self, channel: str | None, error_type: str | None) -> bool:
+        return (channel is None or self.channel == channel) and (error_type is None or self.error_type == error_type)
+
+
+def _decode(raw: bytes) -> dict[str, Any]:
+    try:
+        record = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+async def scan(redis: Redis) -> AsyncIterator[Entry]:
+    """The list as it stood when the scan began, newest first."""
+    length = int(await redis.llen(DLQ_KEY))
+    for start in range(0, length, PAGE):
+        stop = min(start + PAGE, length) - 1
+        page = await redis.lrange(DLQ_KEY, start - length, stop - length)
+        for offset, element in enumerate(page):
+            raw = element if isinstance(element, bytes) else str(element).encode()
+            yield Entry(start + offset, raw, _decode(raw))
+
+
+async def select(redis: Redis, channel: str | None, error_type: str | None, limit: int | None) -> list[Entry]:
+    """The newest `limit` records (0 or None: all) matching the filters."""
+    limit = limit or None
+    chosen: list[Entry] = []
+    async for entry in scan(redis):
+        if entry.matches(channel, error_type):
+            chosen.append(entry)
+            if limit is not None and len(chosen) >= limit:
+                break
+    return chosen
+
+
 class DeadLetters:
     def __init__(self, redis: Redis, metrics: Metrics, *, max_len: int, buffer_max: int = 50000) -> None:
         self._redis = redis
@@ -79,8 +146,11 @@ class DeadLetters:
         self._pending: deque[DeadLetter] = deque()
         self._buffer_max = buffer_max
         self._wake = asyncio.Event()
+        self.observers: list[Callable[[DeadLetter], None]] = []  # e.g. a replay pairing old and new
 
     def add(self, letter: DeadLetter) -> None:
+        for observe in self.observers:
+            observe(letter)
         if len(self._pending) >= self._buffer_max:
             self._pending.popleft()
             self._metrics.event("dlq_buffer_overflow")
