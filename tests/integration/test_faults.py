@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,7 +16,7 @@ from pymongo import AsyncMongoClient
 from redis.asyncio import Redis
 
 from enricher.app import Enricher
-from enricher.embedded import MongoServer, RedisServer
+from enricher.embedded import MongoServer, RedisServer, free_port
 from enricher.feed.synthetic import SyntheticFeed
 from enricher.records import OPTION_CHAIN, UNDERLYING
 from enricher.settings import Settings
@@ -39,19 +39,12 @@ def own_redis() -> Iterator[RedisServer]:
         yield server
 
 
-@pytest.fixture
-async def running(make_settings: Callable[..., Settings]) -> AsyncIterator[Callable[..., Any]]:
-    apps: list[Enricher] = []
+StartApp = Callable[..., Awaitable[Enricher]]
 
-    async def start(**overrides: Any) -> Enricher:
-        app = Enricher(make_settings(**overrides))
-        await app.start()
-        apps.append(app)
-        return app
 
-    yield start
-    for app in apps:
-        await app.stop()
+def unreachable_mongo(make_settings: Callable[..., Settings], **overrides: Any) -> Settings:
+    """Settings whose MongoDB is a port nobody listens on: nothing can be stored."""
+    return make_settings(mongo_url=f"mongodb://127.0.0.1:{free_port()}/", mongo_timeout=0.5, **overrides)
 
 
 def ticks(feed: SyntheticFeed, count: int) -> list[bytes]:
@@ -63,9 +56,9 @@ async def count(client: AsyncMongoClient[dict[str, Any]], db: str, collection: s
 
 
 async def test_mongo_outage_loses_and_duplicates_nothing(
-    own_mongo: MongoServer, running: Callable[..., Any], redis: Redis, redis_base_url: str, db_name: str
+    own_mongo: MongoServer, start_app: StartApp, redis: Redis, redis_base_url: str, db_name: str
 ) -> None:
-    app = await running(mongo_url=own_mongo.url, mongo_timeout=1.0, mongo_op_timeout=2.0, flush_max_docs=50)
+    app = await start_app(mongo_url=own_mongo.url, mongo_timeout=1.0, mongo_op_timeout=2.0, flush_max_docs=50)
     feed = SyntheticFeed(seed=1, start=datetime(2025, 1, 20, 4, 0, tzinfo=UTC), step=timedelta(milliseconds=7))
     sent = ticks(feed, 1500)
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(own_mongo.url, serverSelectionTimeoutMS=20000)
@@ -103,11 +96,11 @@ async def test_mongo_outage_loses_and_duplicates_nothing(
 
 async def test_redis_outage_reconnects_and_resumes(
     own_redis: RedisServer,
-    running: Callable[..., Any],
+    start_app: StartApp,
     mongo: AsyncMongoClient[dict[str, Any]],
     db_name: str,
 ) -> None:
-    app = await running(redis_url=own_redis.url, retry_cap=0.5)
+    app = await start_app(redis_url=own_redis.url, retry_cap=0.5)
     feed = SyntheticFeed(seed=2, start=datetime(2025, 1, 20, 4, 0, tzinfo=UTC), step=timedelta(milliseconds=7))
     sent = ticks(feed, 600)
     publisher = Redis.from_url(own_redis.url)
@@ -132,9 +125,9 @@ async def test_redis_outage_reconnects_and_resumes(
 
 
 async def test_pool_worker_killed_is_rebuilt_and_nothing_lost(
-    running: Callable[..., Any], redis: Redis, mongo: AsyncMongoClient[dict[str, Any]], db_name: str
+    start_app: StartApp, redis: Redis, mongo: AsyncMongoClient[dict[str, Any]], db_name: str
 ) -> None:
-    app = await running(pool_workers=1, pool_min_strikes=0)
+    app = await start_app(pool_workers=1, pool_min_strikes=0)
     executor = app.pool.executor
     assert executor is not None
     workers = list(executor._processes)  # the pool's worker pids
@@ -157,9 +150,9 @@ async def test_pool_worker_killed_is_rebuilt_and_nothing_lost(
 
 
 async def test_overload_spills_and_loses_nothing(
-    running: Callable[..., Any], redis: Redis, mongo: AsyncMongoClient[dict[str, Any]], db_name: str
+    start_app: StartApp, redis: Redis, mongo: AsyncMongoClient[dict[str, Any]], db_name: str
 ) -> None:
-    app = await running(queue_size=64, workers=1, batch_max=32, overflow_underlying="spill")
+    app = await start_app(queue_size=64, workers=1, batch_max=32, overflow_underlying="spill")
     feed = SyntheticFeed(seed=4, start=datetime(2025, 1, 20, 4, 0, tzinfo=UTC), step=timedelta(milliseconds=3))
     sent = ticks(feed, 20000)
     await publish(redis, UNDERLYING, *sent)
@@ -176,9 +169,9 @@ async def test_overload_spills_and_loses_nothing(
 
 
 async def test_overload_conflates_chains_to_the_newest(
-    running: Callable[..., Any], redis: Redis, mongo: AsyncMongoClient[dict[str, Any]], db_name: str
+    start_app: StartApp, redis: Redis, mongo: AsyncMongoClient[dict[str, Any]], db_name: str
 ) -> None:
-    app: Enricher = await running(queue_size=2, workers=1, batch_max=1, overflow_chain="conflate", pool_workers=0)
+    app: Enricher = await start_app(queue_size=2, workers=1, batch_max=1, overflow_chain="conflate", pool_workers=0)
     feed = SyntheticFeed(seed=5, start=datetime(2025, 1, 20, 4, 0, tzinfo=UTC), step=timedelta(milliseconds=3))
     chains = [payload for _, payload in feed.burst(0, 0, 400)]
     await publish(redis, OPTION_CHAIN, *chains)
@@ -205,13 +198,7 @@ async def test_overload_conflates_chains_to_the_newest(
 async def test_hard_deadline_hands_everything_over(make_settings: Callable[..., Settings], redis: Redis) -> None:
     """Stop under load while MongoDB is unreachable: nothing can be stored before the deadline,
     so every message must end up in the DLQ or still in the spill stream, none dropped."""
-    from enricher.embedded import free_port
-
-    dead_mongo = f"mongodb://127.0.0.1:{free_port()}/"
-    settings = make_settings(
-        mongo_url=dead_mongo, mongo_timeout=0.5, grace_period=0.5, queue_size=500, workers=1, batch_max=50
-    )
-    app = Enricher(settings)
+    app = Enricher(unreachable_mongo(make_settings, grace_period=0.5, queue_size=500, workers=1, batch_max=50))
     await app.start(ready_timeout=2.0)
     feed = SyntheticFeed(seed=6, start=datetime(2025, 1, 20, 4, 0, tzinfo=UTC), step=timedelta(milliseconds=3))
     sent = ticks(feed, 8000)
@@ -256,12 +243,7 @@ async def test_dead_letters_wait_in_memory_while_redis_is_down(own_redis: RedisS
 async def test_store_buffer_bound_dead_letters_the_oldest_while_mongo_is_down(
     make_settings: Callable[..., Settings], redis: Redis
 ) -> None:
-    from enricher.embedded import free_port
-
-    settings = make_settings(
-        mongo_url=f"mongodb://127.0.0.1:{free_port()}/", mongo_timeout=0.5, store_buffer_max=100, grace_period=0.5
-    )
-    app = Enricher(settings)
+    app = Enricher(unreachable_mongo(make_settings, store_buffer_max=100, grace_period=0.5))
     await app.start(ready_timeout=1.0)
     feed = SyntheticFeed(seed=8, start=datetime(2025, 1, 20, 4, 0, tzinfo=UTC), step=timedelta(milliseconds=3))
     sent = ticks(feed, 300)
