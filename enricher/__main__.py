@@ -1,4 +1,4 @@
-"""Command line: `python -m enricher {run,check,dlq,top,feed,demo,settings}`. Argument parsing only."""
+"""Command line: `python -m enricher {run,bridge,check,dlq,top,feed,demo,settings}`. Argument parsing only."""
 
 from __future__ import annotations
 
@@ -41,6 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
     settings.add_arguments(dlq)
     add_dlq_arguments(dlq)
 
+    bridge = commands.add_parser(
+        "bridge",
+        help="copy the pub/sub channels into the partitioned Redis Streams, for the streams source",
+        description="Subscribes to market:* and XADDs each message to {prefix}{channel}:{partition}. "
+        "Uses REDIS_URL and the ENRICHER_STREAM_* settings.",
+    )
+    settings.add_arguments(bridge)
+
     feed = commands.add_parser("feed", help="publish the synthetic DeltaStream feed")
     feed.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://localhost:6379/0"))
     feed.add_argument("--rate", type=float, default=1.0, help="feed loops per second (1 = the real feed's pace)")
@@ -54,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     feed.add_argument("--strikes", type=int, default=21, help="strikes per chain in --burst")
     feed.add_argument("--seed", type=int, default=0)
+    feed.add_argument(
+        "--streams",
+        action="store_true",
+        help="XADD to the partitioned streams instead of PUBLISH (ENRICHER_STREAM_PREFIX/_PARTITIONS/_MAXLEN)",
+    )
     feed.add_argument(
         "--tz",
         default=os.environ.get("ENRICHER_FEED_TZ", "UTC"),
@@ -83,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in ("run", "check", "dlq"):
+    if args.command in ("run", "check", "dlq", "bridge"):
         try:
             config = settings.load(os.environ, args)
         except ValueError as exc:
@@ -100,6 +113,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return run(main_check(config))
         logs.configure(config.log_level, config.log_format)
+        if args.command == "bridge":
+            from enricher.bridge import run_bridge
+
+            return run(run_bridge(config))
         from enricher.app import serve
 
         return run(serve(config))

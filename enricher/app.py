@@ -34,8 +34,9 @@ from enricher.pool import AnalyticsPool
 from enricher.records import CHANNELS
 from enricher.redact import redact_text, redact_url
 from enricher.settings import Settings
-from enricher.source import PubSubSource, Source
+from enricher.source import PubSubSource, Receipt, Source
 from enricher.store import MongoStore
+from enricher.streams import StreamSource
 
 log = structlog.get_logger("enricher")
 T = TypeVar("T")
@@ -45,7 +46,7 @@ class Enricher:
     def __init__(self, settings: Settings, *, source: Source | None = None) -> None:
         self.settings = settings
         self.metrics = Metrics()
-        self.source: Source = source or PubSubSource(settings.redis_url, CHANNELS, self.metrics)
+        self.source: Source = source or _source(settings, self.metrics)
         self.store: MongoStore | None = None
         self.health: HealthServer | None = None
         self.queues: dict[str, ChannelQueue] = {}
@@ -153,11 +154,12 @@ class Enricher:
         assert self._intake is not None
         watched: list[asyncio.Future[Any]] = [ready, self._intake]
         done, _ = await asyncio.wait(watched, timeout=timeout, return_when="FIRST_COMPLETED")
-        if self._intake in done:
+        if ready not in done:
             ready.cancel()
+            ready.add_done_callback(_retrieve)
+        if self._intake in done:
             self._intake.result()  # the source died: raise its error here
         elif ready not in done:
-            ready.cancel()
             log.warning("not_ready_yet", timeout_s=timeout, note="continuing; Redis or MongoDB is slow to answer")
 
     async def _create_indexes(self) -> None:
@@ -173,6 +175,10 @@ class Enricher:
 
     async def _read(self) -> None:
         queues = self.queues
+        if self.source.redelivers:  # the backlog waits in the source, not in an overflow policy
+            async for message in self.source.messages():
+                await queues[message.channel].put(message)
+            return
         async for message in self.source.messages():
             queues[message.channel].offer(message)
 
@@ -186,15 +192,24 @@ class Enricher:
                 # The hard deadline cut this batch off mid-way: some of it may be stored, some
                 # not. Dead-letter all of it; a replay is idempotent.
                 for raw in batch:
-                    self.dead_letters.reject(channel, raw.data, "shutdown", "cancelled mid-batch at the deadline")
+                    self._cut_off(channel, raw.data, raw.receipt, "cancelled mid-batch at the deadline")
                 raise
             except Exception:  # a bug in the pipeline: log it, keep the worker alive
                 log.exception("batch_failed", channel=channel, size=len(batch))
                 for raw in batch:
-                    self.dead_letters.reject(channel, raw.data, "internal_error", "unexpected error; see logs")
+                    self.dead_letters.reject(
+                        channel, raw.data, "internal_error", "unexpected error; see logs", receipt=raw.receipt
+                    )
             finally:
                 for _ in batch:
                     queue.queue.task_done()
+
+    def _cut_off(self, channel: str, data: bytes, receipt: Receipt | None, why: str) -> None:
+        """Not finished by the deadline: a stream keeps it for redelivery, else it is dead-lettered."""
+        if receipt is not None:
+            receipt.defer()
+        else:
+            self.dead_letters.reject(channel, data, "shutdown", why)
 
     async def wait(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set; if the intake dies first, stop and raise its error."""
@@ -239,22 +254,39 @@ class Enricher:
         for queue in self.queues.values():
             for raw in queue.take_all():
                 cut_off += 1
-                self.dead_letters.reject(queue.channel, raw.data, "shutdown", "not processed before the deadline")
+                self._cut_off(queue.channel, raw.data, raw.receipt, "not processed before the deadline")
         if self.store is not None:
             await _bounded("flush", self.store.flush(deadline), remaining() + 1.0)
         # The background writer stops before the leftovers are collected: a batch it still has
         # in flight goes back into the buffer, instead of being re-queued after take_all().
         await _bounded("services", _cancel(self._services), 5.0)
         if self.store is not None:
-            for entry in self.store.take_all():
+            left = self.store.take_all()
+            for entry in left:
                 cut_off += 1
-                self.dead_letters.reject(entry.channel, entry.raw, "shutdown", "not stored before the deadline")
+                self._cut_off(entry.channel, entry.raw, entry.receipt, "not stored before the deadline")
+            if self.source.redelivers:  # let the redelivery through at once, not after inflight_ttl
+                marks = [entry.mark for entry in left if entry.mark]
+                await _bounded("release_marks", self.idempotency.release(marks), 5.0)
         if self.dead_letters.pending:
             written = await _bounded("dead_letters", self.dead_letters.write_pending(), 5.0)
             if not written:
                 log.error("dead_letters_lost_at_exit", count=self.dead_letters.pending, reason="Redis unreachable")
+        await _bounded("source", self.source.close(), 5.0)
         await _bounded("close", self._stack.aclose(), 10.0)
         log.info("stopped", cut_off=cut_off, summary=self.metrics.summary())
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Collect a cancelled gather's outcome, so asyncio does not log it as never retrieved."""
+    if not future.cancelled():
+        future.exception()
+
+
+def _source(settings: Settings, metrics: Metrics) -> Source:
+    if settings.source == "streams":
+        return StreamSource(settings, metrics)
+    return PubSubSource(settings.redis_url, CHANNELS, metrics)
 
 
 async def _watchdog(interval: float) -> None:

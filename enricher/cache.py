@@ -110,7 +110,7 @@ class Outputs:
 
 class Cache:
     def __init__(self, redis: Redis) -> None:
-        self._redis = redis
+        self.redis = redis
         self._write = redis.register_script(_WRITE)
 
     async def write(self, outputs: Outputs) -> None:

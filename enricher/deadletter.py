@@ -12,7 +12,7 @@ import base64
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import orjson
@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 from enricher import __version__
 from enricher.metrics import Metrics
 from enricher.records import CHANNELS
+from enricher.source import Receipt
 
 DLQ_KEY: Final = "dlq:enrichment"
 log = structlog.get_logger("enricher.deadletter")
@@ -51,6 +52,7 @@ class DeadLetter:
     attempts: int
     first_seen: float
     last_seen: float
+    receipt: Receipt | None = field(default=None, compare=False)  # settled once the record is written
 
     def to_json(self) -> bytes:
         record: dict[str, Any] = {
@@ -152,16 +154,27 @@ class DeadLetters:
         for observe in self.observers:
             observe(letter)
         if len(self._pending) >= self._buffer_max:
-            self._pending.popleft()
+            dropped = self._pending.popleft()
+            if dropped.receipt is not None:
+                dropped.receipt.defer()  # a stream redelivers it: not lost after all
             self._metrics.event("dlq_buffer_overflow")
             log.error("dlq_buffer_overflow", buffered=len(self._pending), note="oldest record dropped")
         self._pending.append(letter)
         self._metrics.event("dead_lettered")
         self._wake.set()
 
-    def reject(self, channel: str, data: bytes, error_type: str, error: str, attempts: int = 1) -> None:
+    def reject(
+        self,
+        channel: str,
+        data: bytes,
+        error_type: str,
+        error: str,
+        attempts: int = 1,
+        *,
+        receipt: Receipt | None = None,
+    ) -> None:
         now = time.time()
-        self.add(DeadLetter(channel, data, error_type, error, attempts, now, now))
+        self.add(DeadLetter(channel, data, error_type, error, attempts, now, now, receipt))
 
     @property
     def pending(self) -> int:
@@ -196,6 +209,9 @@ class DeadLetters:
             self._pending.extendleft(reversed(batch))
             log.warning("dlq_write_failed", error=str(exc), buffered=len(self._pending))
             return False
+        for letter in batch:
+            if letter.receipt is not None:
+                letter.receipt.settle()
         trimmed = max(0, int(length) - self._max_len)
         if trimmed:
             self._metrics.event("dlq_trimmed", trimmed)

@@ -77,6 +77,12 @@ class ChannelQueue:
             metrics.count(self.channel, DROPPED)
             self.queue.put_nowait(message)
 
+    async def put(self, message: RawMessage) -> None:
+        """For a source that keeps its backlog (streams): wait for space instead of overflowing."""
+        self._metrics.count(self.channel, RECEIVED)
+        self._metrics.last_message_at[self.channel] = message.received_at
+        await self.queue.put(message)
+
     def depth(self) -> int:
         return self.queue.qsize() + (self.backlog.pending if self.backlog else 0)
 

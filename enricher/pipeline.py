@@ -37,9 +37,10 @@ from enricher.records import (
 )
 from enricher.redact import redact_text
 from enricher.settings import Settings
-from enricher.source import RawMessage
+from enricher.source import RawMessage, defer, settle
 from enricher.state import Applied, Item, MarketState
 from enricher.store import CHAINS, QUOTES, TICKS, MongoStore
+from enricher.takeover import adopt, recall
 
 log = structlog.get_logger("enricher.pipeline")
 
@@ -71,6 +72,7 @@ class Pipeline:
         self._metrics = metrics
         self.state = MarketState(settings, metrics)
         self._turns = {channel: TurnTaker() for channel in CHANNELS}
+        self._recalled: dict[str, asyncio.Task[None]] = {}  # product -> its state, loaded once
 
     async def handle(self, channel: str, batch: Sequence[RawMessage]) -> list[str]:
         """Process one batch; return each message's outcome, in order.
@@ -84,6 +86,8 @@ class Pipeline:
         try:
             items = await self._prepare(channel, batch, outcomes)
             await turns.turn(ticket)
+            if self._settings.restore_state:
+                await self._recall({record.product for record, _, _ in items})
             applied = await self._enrich(channel, items)
         finally:
             turns.done(ticket)
@@ -98,6 +102,8 @@ class Pipeline:
                         self._store.add(collection, [extra])
                 else:
                     await self._idem.mark_done([key for _, _, key in items])
+                    for _, raw, _ in items:
+                        settle(raw)  # with persistence off, the cache is the durable result
                 self._account(channel, items, time.perf_counter() - started, outcomes)
         return [outcomes.get(id(raw), FAILED) for raw in batch]
 
@@ -110,6 +116,26 @@ class Pipeline:
             unclaimed = [(record, raw, "") for record, raw in parsed]
             await self._give_up(channel, unclaimed, exc, self._settings.retry_attempts, outcomes)
             return []
+
+    async def _recall(self, products: set[str]) -> None:
+        """Before a product's first batch here, load its state from Redis (takeover.py)."""
+        new = products - self._recalled.keys()
+        for product in new:
+            self._recalled[product] = asyncio.create_task(self._recall_one(product), name=f"recall:{product}")
+        waits = [self._recalled[product] for product in products if not self._recalled[product].done()]
+        if waits:
+            await asyncio.wait(waits)
+
+    async def _recall_one(self, product: str) -> None:
+        try:
+            memory = await recall(self._cache.redis, product)
+        except Exception as exc:  # Redis away: start this product from nothing, as before
+            log.warning("restore_failed", product=product, error=redact_text(str(exc))[:200])
+            return
+        restored = adopt(self.state, product, memory, self._tz)
+        if restored:
+            self._metrics.event("state_restored", restored)
+            log.info("state_restored", product=product, pieces=restored, chains=len(memory.chains))
 
     async def _enrich(self, channel: str, items: list[Item]) -> Applied | Exception:
         """Analyse and update the state, in queue order: a chain's OI change needs the one before."""
@@ -146,7 +172,7 @@ class Pipeline:
                 self._metrics.count(channel, INVALID)
                 outcomes[id(raw)] = INVALID
                 log.warning("invalid_message", channel=channel, reason=exc.reason, detail=exc.detail[:200])
-                self._dead.reject(channel, raw.data, exc.reason, exc.detail)
+                self._dead.reject(channel, raw.data, exc.reason, exc.detail, receipt=raw.receipt)
                 continue
             parsed.append((record, raw))
         return parsed
@@ -158,6 +184,7 @@ class Pipeline:
             key = mark_key(kind, record.identity)
             if key in unique:
                 self._duplicate(channel, record, raw, outcomes)  # the same message twice in one batch
+                settle(raw)  # its twin carries the same payload to a result or a dead letter
             else:
                 unique[key] = (record, raw)
         if not unique:
@@ -167,9 +194,14 @@ class Pipeline:
         for (key, (record, raw)), claim in zip(unique.items(), claims, strict=True):
             if claim is Claim.NEW:
                 items.append((record, raw, key))
+                continue
+            self._duplicate(channel, record, raw, outcomes)
+            if claim is Claim.DONE:
+                settle(raw)
             else:
-                # BUSY: another delivery holds it now and will finish it (or its mark expires).
-                self._duplicate(channel, record, raw, outcomes)
+                # BUSY: another delivery holds it now and will finish it, or its mark expires
+                # and a stream redelivers this one; it must not be acknowledged meanwhile.
+                defer(raw)
         return items
 
     async def _write_with_retry(self, channel: str, items: list[Item], outputs: Outputs, outcomes: Outcomes) -> bool:
@@ -204,7 +236,7 @@ class Pipeline:
         log.error("gave_up", channel=channel, count=len(items), error_type=type(exc).__name__, error=error[:300])
         for _, raw, _ in items:
             outcomes[id(raw)] = FAILED
-            self._dead.reject(channel, raw.data, type(exc).__name__, error, attempts)
+            self._dead.reject(channel, raw.data, type(exc).__name__, error, attempts, receipt=raw.receipt)
         try:
             await self._idem.release([key for _, _, key in items if key])
         except Exception as release_error:  # the marks expire after inflight_ttl anyway

@@ -47,6 +47,8 @@ return removed
 class IdleSource:
     """A source that is ready at once and never yields: replay feeds the pipeline itself."""
 
+    redelivers = False
+
     def __init__(self) -> None:
         self.ready = asyncio.Event()
         self.ready.set()
@@ -60,6 +62,9 @@ class IdleSource:
 
     async def stop(self) -> None:
         self._stopped.set()
+
+    async def close(self) -> None:
+        return None
 
 
 async def replay(settings: Settings, redis: Redis, entries: Sequence[Entry], batch_size: int) -> int:

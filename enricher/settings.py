@@ -17,6 +17,7 @@ from enricher.records import OPTION_CHAIN, OPTION_QUOTE, UNDERLYING
 from enricher.redact import redact_url
 
 OVERFLOW_POLICIES: Final = ("spill", "conflate", "deadletter", "drop_newest", "drop_oldest")
+SOURCES: Final = ("pubsub", "streams")
 
 
 def _setting(default: Any, env: str, help: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -42,6 +43,32 @@ class Settings:
         "spill", "ENRICHER_OVERFLOW_CHAIN", "full-queue policy for chains", OVERFLOW_POLICIES
     )
     batch_max: int = _setting(500, "ENRICHER_BATCH_MAX", "most messages a worker takes at once")
+    source: str = _setting(
+        "pubsub", "ENRICHER_SOURCE", "input: pub/sub channels, or Redis Streams in a consumer group", SOURCES
+    )
+    stream_prefix: str = _setting(
+        "stream:", "ENRICHER_STREAM_PREFIX", "streams are {prefix}{channel}:{partition} (stream:market:underlying:3)"
+    )
+    stream_partitions: int = _setting(
+        16, "ENRICHER_STREAM_PARTITIONS", "partitions per channel by product hash; producers must agree"
+    )
+    stream_group: str = _setting("enricher", "ENRICHER_STREAM_GROUP", "the consumer group every instance joins")
+    consumer: str = _setting("", "ENRICHER_CONSUMER", "this instance's consumer name (default: host name and pid)")
+    stream_claim_idle: float = _setting(
+        30.0, "ENRICHER_STREAM_CLAIM_IDLE", "seconds a pending entry sits idle before another consumer claims it"
+    )
+    stream_lease_ttl: float = _setting(
+        10.0, "ENRICHER_STREAM_LEASE_TTL", "seconds a dead instance keeps its partitions before others take them"
+    )
+    stream_maxlen: int = _setting(
+        1000000, "ENRICHER_STREAM_MAXLEN", "producers (bridge, feed) cap each stream at about this many entries"
+    )
+    stream_trim: bool = _setting(
+        True, "ENRICHER_STREAM_TRIM", "delete entries once every earlier one is acknowledged (XTRIM MINID)"
+    )
+    restore_state: bool = _setting(
+        True, "ENRICHER_RESTORE_STATE", "load a product's candles, chains and spot from Redis when first seen"
+    )
     pool_workers: int = _setting(1, "ENRICHER_POOL_WORKERS", "analytics processes; 0 = inline")
     pool_min_strikes: int = _setting(
         2000, "ENRICHER_POOL_MIN_STRIKES", "chain batches with fewer strikes in all run inline"
@@ -101,11 +128,14 @@ class Settings:
                 raise ValueError(f"{spec.name} must be one of {', '.join(choices)}")
         positive = (
             "workers", "queue_size", "batch_max", "flush_max_docs", "cache_ttl", "idem_done_ttl",
-            "retry_attempts", "store_buffer_max", "dlq_max", "mongo_concurrency",
+            "retry_attempts", "store_buffer_max", "dlq_max", "mongo_concurrency", "stream_partitions",
+            "stream_maxlen",
         )  # fmt: skip
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.stream_claim_idle <= 0 or self.stream_lease_ttl <= 0:
+            raise ValueError("stream_claim_idle and stream_lease_ttl must be positive")
         if self.pool_workers < 0:
             raise ValueError("pool_workers must be 0 (inline) or more")
         if self.gex_sign not in (1, -1):

@@ -27,19 +27,47 @@ from enricher.resp import SubscriberConnection, command
 log = structlog.get_logger("enricher.source")
 
 
+class Receipt(Protocol):
+    """How a message from a source that redelivers (Redis Streams) is let go of."""
+
+    def settle(self) -> None:
+        """Its results are durable (stored, or dead-lettered): the source may forget it."""
+
+    def defer(self) -> None:
+        """Not finished here (shutdown, or another delivery holds it): leave it for redelivery."""
+
+
 @dataclass(frozen=True, slots=True)
 class RawMessage:
     channel: str
     data: bytes
     received_at: float  # wall clock, for end-to-end latency
+    receipt: Receipt | None = None  # None: at-most-once (pub/sub), nothing to acknowledge
+
+
+def settle(message: RawMessage) -> None:
+    if message.receipt is not None:
+        message.receipt.settle()
+
+
+def defer(message: RawMessage) -> None:
+    if message.receipt is not None:
+        message.receipt.defer()
 
 
 class Source(Protocol):
     ready: asyncio.Event  # set while subscribed to every channel
+    # True: the source keeps what is not settled (streams), so the intake waits for queue
+    # space instead of applying an overflow policy, and shutdown leaves leftovers to it.
+    redelivers: bool
 
     def messages(self) -> AsyncIterator[RawMessage]: ...
 
-    async def stop(self) -> None: ...
+    async def stop(self) -> None:
+        """Stop reading; messages already yielded are still processed."""
+
+    async def close(self) -> None:
+        """After the drain: hand back what this instance held (acknowledgements, leases)."""
 
 
 class PubSubSource:
@@ -61,6 +89,11 @@ class PubSubSource:
         self._stopping = False
         self._connection: SubscriberConnection | None = None
         self.ready = asyncio.Event()
+
+    redelivers = False
+
+    async def close(self) -> None:
+        return None
 
     async def stop(self) -> None:
         self._stopping = True

@@ -94,7 +94,7 @@ class MarketState:
             }
             out.publish(keys.ENRICHED_UNDERLYING, orjson.dumps(event))
             doc = {**tick.doc, "_id": tick.identity, "timestamp": tick.timestamp, "processed_at": now}
-            applied.documents.append(Pending(doc, key, UNDERLYING, raw.data))
+            applied.documents.append(Pending(doc, key, UNDERLYING, raw.data, raw.receipt))
         for product in touched:
             for window in CANDLE_WINDOWS:
                 candle = self.candles.current(product, window)
@@ -117,7 +117,7 @@ class MarketState:
             touched.add(quote.product)
             doc = {**quote.doc, "model": model, "_id": quote.identity, "timestamp": quote.timestamp}
             doc["processed_at"] = now
-            applied.documents.append(Pending(doc, key, OPTION_QUOTE, raw.data))
+            applied.documents.append(Pending(doc, key, OPTION_QUOTE, raw.data, raw.receipt))
         self._surface_outputs(applied, touched)
         return applied
 
@@ -149,7 +149,7 @@ class MarketState:
             self.surfaces.apply_model(chain, model, received)
             touched.add(chain.product)
             doc = {**enriched, "_id": chain.identity, "timestamp": chain.timestamp}
-            applied.documents.append(Pending(doc, key, OPTION_CHAIN, raw.data))
+            applied.documents.append(Pending(doc, key, OPTION_CHAIN, raw.data, raw.receipt))
         self._surface_outputs(applied, touched)
         return applied
 

@@ -33,6 +33,7 @@ from enricher.errors import is_transient
 from enricher.histograms import MONGO_BATCH_SIZE, MONGO_WRITE
 from enricher.metrics import Metrics
 from enricher.redact import redact_text
+from enricher.source import Receipt
 
 log = structlog.get_logger("enricher.store")
 
@@ -67,6 +68,7 @@ class Pending:
     mark: str  # the idempotency key to set done once stored
     channel: str
     raw: bytes  # kept so an overflow or a permanent error can be dead-lettered for replay
+    receipt: Receipt | None = None  # the source's, settled once the document is stored
 
 
 OnDurable = Callable[[Sequence[str]], Awaitable[None]]
@@ -133,7 +135,9 @@ class MongoStore:
                 self._size -= 1
                 count -= 1
                 self._metrics.event("store_buffer_overflow")
-                self._dead.reject(entry.channel, entry.raw, "store_buffer_full", "MongoDB write buffer full")
+                self._dead.reject(
+                    entry.channel, entry.raw, "store_buffer_full", "MongoDB write buffer full", receipt=entry.receipt
+                )
         log.error("store_buffer_full", buffer_max=self._buffer_max, note="oldest dead-lettered")
 
     async def ensure_indexes(self) -> None:
@@ -238,9 +242,7 @@ class MongoStore:
             keep = [entry for index, entry in enumerate(batch) if index not in failed]
             if keep and not await self._insert_batch(collection, queue, keep):
                 return False
-            for index, message in failed.items():
-                entry = batch[index]
-                self._dead.reject(entry.channel, entry.raw, "mongo_write_error", message)
+            self._reject(batch, failed)
             return True
         except BulkWriteError as exc:
             for error in exc.details.get("writeErrors", []):
@@ -257,15 +259,21 @@ class MongoStore:
         elapsed = time.perf_counter() - started
         self._metrics.histograms.observe(MONGO_WRITE, collection, elapsed)
         self._metrics.histograms.observe(MONGO_BATCH_SIZE, collection, len(batch))
-        for index, message in failed.items():
-            entry = batch[index]
-            self._dead.reject(entry.channel, entry.raw, "mongo_write_error", message)
-        stored = [entry.mark for i, entry in enumerate(batch) if i not in failed and entry.mark]
+        self._reject(batch, failed)
+        stored = [entry for i, entry in enumerate(batch) if i not in failed]
         try:
-            await self._on_durable(stored)
+            await self._on_durable([entry.mark for entry in stored if entry.mark])
         except Exception as exc:  # the data is stored; a lost mark only costs a re-check
             log.warning("mark_done_failed", error=redact_text(str(exc)), count=len(stored))
+        for entry in stored:
+            if entry.receipt is not None:
+                entry.receipt.settle()
         return True
+
+    def _reject(self, batch: list[Pending], failed: dict[int, str]) -> None:
+        for index, message in failed.items():
+            entry = batch[index]
+            self._dead.reject(entry.channel, entry.raw, "mongo_write_error", message, receipt=entry.receipt)
 
     def _requeue(self, collection: str, queue: deque[Pending], batch: list[Pending], exc: Exception) -> bool:
         queue.extendleft(reversed(batch))

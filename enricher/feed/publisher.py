@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 from redis.asyncio import Redis
 
 from enricher.feed.synthetic import Message, SyntheticFeed
+
+# Where a batch goes instead of PUBLISH, e.g. bridge.StreamWriter.write for `feed --streams`.
+Sink = Callable[[Sequence[Message]], Awaitable[None]]
 
 
 async def publish_paced(
@@ -18,6 +21,7 @@ async def publish_paced(
     rate: float = 1.0,
     duration: float | None = None,
     stop: asyncio.Event | None = None,
+    sink: Sink | None = None,
 ) -> dict[str, int]:
     """Publish `feed.loop()` `rate` times a second until `duration` seconds pass or `stop` is set.
 
@@ -37,14 +41,16 @@ async def publish_paced(
     while not (stop is not None and stop.is_set()):
         if deadline is not None and clock.time() >= deadline:
             break
-        await _publish(redis, feed.loop(), counts)
+        await _publish(redis, feed.loop(), counts, sink)
         next_at = max(next_at + period, clock.time())
         wake = next_at if deadline is None else min(next_at, deadline)
         await _sleep_until(clock, wake, stop)
     return counts
 
 
-async def publish_burst(redis: Redis, messages: Iterable[Message], *, pipeline_size: int = 500) -> dict[str, int]:
+async def publish_burst(
+    redis: Redis, messages: Iterable[Message], *, pipeline_size: int = 500, sink: Sink | None = None
+) -> dict[str, int]:
     """Publish `messages` as fast as Redis takes them, `pipeline_size` per round trip.
 
     Returns the number of messages published per channel.
@@ -56,19 +62,22 @@ async def publish_burst(redis: Redis, messages: Iterable[Message], *, pipeline_s
     for message in messages:
         batch.append(message)
         if len(batch) >= pipeline_size:
-            await _publish(redis, batch, counts)
+            await _publish(redis, batch, counts, sink)
             batch = []
     if batch:
-        await _publish(redis, batch, counts)
+        await _publish(redis, batch, counts, sink)
     return counts
 
 
-async def _publish(redis: Redis, messages: list[Message], counts: dict[str, int]) -> None:
-    # No MULTI: pub/sub needs no atomicity, only fewer round trips.
-    async with redis.pipeline(transaction=False) as pipe:
-        for channel, payload in messages:
-            pipe.publish(channel, payload)
-        await pipe.execute()
+async def _publish(redis: Redis, messages: list[Message], counts: dict[str, int], sink: Sink | None) -> None:
+    if sink is not None:
+        await sink(messages)
+    else:
+        # No MULTI: pub/sub needs no atomicity, only fewer round trips.
+        async with redis.pipeline(transaction=False) as pipe:
+            for channel, payload in messages:
+                pipe.publish(channel, payload)
+            await pipe.execute()
     for channel, _ in messages:
         counts[channel] = counts.get(channel, 0) + 1
 
