@@ -52,6 +52,14 @@ EVENT_COUNTERS: Final[dict[str, tuple[str, str]]] = {
     "dlq_trimmed": ("enricher_dlq_trimmed_total", "Oldest dlq:enrichment records trimmed by ENRICHER_DLQ_MAX"),
     "analytics_inline_batches": ("enricher_analytics_inline_batches_total", "Chain batches analysed inline"),
     "analytics_pool_batches": ("enricher_analytics_pool_batches_total", "Chain batches analysed in the pool"),
+    "stream_acked": (
+        "enricher_stream_acked_total",
+        "Stream entries acknowledged (XACK) once durable",
+    ),
+    "stream_reclaimed": ("enricher_stream_reclaimed_total", "Idle pending stream entries claimed (XAUTOCLAIM)"),
+    "stream_deferred": ("enricher_stream_deferred_total", "Stream entries left pending for redelivery"),
+    "stream_trimmed": ("enricher_stream_trimmed_total", "Acknowledged stream entries trimmed (XTRIM MINID)"),
+    "state_restored": ("enricher_state_restored_total", "Candles, chains and spots loaded from Redis on first sight"),
 }
 MONGO_DOCS_EVENT: Final = "mongo_docs:"
 
@@ -125,6 +133,10 @@ class EnricherCollector:
         )
         yield GaugeMetricFamily(
             "enricher_subscribed", "1 while subscribed to every input channel", value=app.source.ready.is_set()
+        )
+        reading = getattr(app.source, "reading", ())
+        yield GaugeMetricFamily(
+            "enricher_stream_partitions", "Stream partitions this instance reads (streams source)", value=len(reading)
         )
         if self._ready is not None:
             yield GaugeMetricFamily("enricher_ready", "1 while /readyz answers 200", value=self._ready())

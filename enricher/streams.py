@@ -178,8 +178,7 @@ class StreamSource:
         backoff = Backoff(base=0.1, cap=5.0)
         while not self._stopping:
             try:
-                if not self._tasks:
-                    await self._join()
+                await self._join()
                 self.ready.set()
                 backoff.reset()
                 async for message in self._read():
@@ -195,7 +194,10 @@ class StreamSource:
                 await asyncio.sleep(delay)
 
     async def _join(self) -> None:
-        """Create the group on every stream (from the start: nothing the bridge wrote is skipped)."""
+        """Create the group on every stream (from the start: nothing the bridge wrote is skipped).
+
+        Again after every reconnect: a Redis that restarted without its data has no group.
+        """
         async with self._redis.pipeline(transaction=False) as pipe:
             for stream in self._channel:
                 pipe.xgroup_create(stream, self._group, id="0", mkstream=True)
@@ -203,6 +205,8 @@ class StreamSource:
         for result in results:
             if isinstance(result, ResponseError) and "BUSYGROUP" not in str(result):
                 raise result
+        if self._tasks:
+            return
         await self.leases.round()
         self._tasks = [
             asyncio.create_task(keep_alive(self.leases, self._lease_every, self._changed), name="leases"),

@@ -16,6 +16,7 @@ from pymongo import AsyncMongoClient
 from redis.asyncio import Redis
 
 from enricher.app import Enricher
+from enricher.bridge import writer_for
 from enricher.embedded import MongoServer, RedisServer, free_port
 from enricher.feed.synthetic import SyntheticFeed
 from enricher.records import OPTION_CHAIN, UNDERLYING
@@ -121,6 +122,38 @@ async def test_redis_outage_reconnects_and_resumes(
         await wait_for(lambda: stored(600), timeout=60, what="ticks after the outage")
     finally:
         await publisher.aclose()
+    assert app.metrics.events["redis_reconnects"] >= 1
+
+
+async def test_streams_source_recreates_its_group_after_redis_restarts_empty(
+    own_redis: RedisServer,
+    start_app: StartApp,
+    mongo: AsyncMongoClient[dict[str, Any]],
+    db_name: str,
+) -> None:
+    """A Redis restarted without its data has no streams, group or leases: all are rebuilt."""
+    streams = {"source": "streams", "stream_partitions": 4, "stream_lease_ttl": 1.0, "stream_claim_idle": 1.0}
+    app = await start_app(redis_url=own_redis.url, retry_cap=0.5, **streams)
+    feed = SyntheticFeed(seed=5, start=datetime(2025, 1, 20, 4, 0, tzinfo=UTC), step=timedelta(milliseconds=7))
+    sent = list(feed.burst(600, 0, 0))
+    producer = Redis.from_url(own_redis.url)
+    try:
+        await writer_for(producer, app.settings).write(sent[:300])
+
+        async def stored(n: int) -> bool:
+            return await count(mongo, db_name, "underlying_ticks") == n
+
+        await wait_for(lambda: stored(300), timeout=30, what="ticks before the outage")
+        own_redis.kill()
+        await wait_for(lambda: not app.source.ready.is_set(), timeout=30, what="the source noticing")
+        await asyncio.to_thread(own_redis.start)
+        await wait_for(app.source.ready.is_set, timeout=30, what="the group recreated")
+        await producer.aclose()
+        producer = Redis.from_url(own_redis.url)
+        await writer_for(producer, app.settings).write(sent[300:])
+        await wait_for(lambda: stored(600), timeout=60, what="ticks after the outage")
+    finally:
+        await producer.aclose()
     assert app.metrics.events["redis_reconnects"] >= 1
 
 
