@@ -1,4 +1,4 @@
-"""Deployment artefacts: Dockerfile, compose.yaml, the systemd unit, the env example, sd_notify.
+"""Deployment artefacts: Dockerfile, compose.yaml, the systemd units, the env example, sd_notify.
 
 Each external validator (systemd-analyze, docker-compose, hadolint, promtool, redis-server,
 PyYAML) is used where it is installed and the test skips cleanly where it is not. The pure
@@ -7,9 +7,11 @@ Python checks of the essentials always run.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -27,19 +29,25 @@ import pytest
 
 from enricher import settings, systemd
 from enricher.__main__ import build_parser
-from enricher.embedded import ServerError, find_redis_server, free_port
+from enricher.embedded import RedisServer, ServerError, find_redis_server, free_port
+from enricher.records import CHANNELS
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 COMPOSE = ROOT / "compose.yaml"
 UNIT = ROOT / "deploy" / "enricher.service"
+TEMPLATE_UNIT = ROOT / "deploy" / "enricher@.service"
+BRIDGE_UNIT = ROOT / "deploy" / "enricher-bridge.service"
+UNITS = (UNIT, TEMPLATE_UNIT, BRIDGE_UNIT)
 ENV_EXAMPLE = ROOT / "deploy" / "enricher.env.example"
 PROMETHEUS = ROOT / "deploy" / "prometheus.yml"
 UNIT_PYTHON = "/opt/enricher/venv/bin/python"
 HTTP_PORT_ENV = "ENRICHER_HTTP_PORT"
 SETTING_ENVS = {spec.metadata["env"] for spec in settings.FIELDS}
 KNOWN_ENVS = SETTING_ENVS | {HTTP_PORT_ENV}
+PYTHON_ENVS = {"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+SCALE_SERVICES = {"bridge", "enricher-scaled", "feed-scaled"}
 
 
 def tool(name: str) -> str:
@@ -148,14 +156,14 @@ def test_watchdog_interval_reads_the_process_environment(monkeypatch: pytest.Mon
 
 
 # --------------------------------------------------------------------------------------------
-# systemd unit
+# systemd units: the daemon, its template for several instances, the bridge
 
 
-def unit_entries() -> dict[str, list[tuple[str, str]]]:
-    """Sections of the unit as ordered (key, value) lists; systemd allows repeated keys."""
+def unit_entries(path: Path = UNIT) -> dict[str, list[tuple[str, str]]]:
+    """Sections of a unit as ordered (key, value) lists; systemd allows repeated keys."""
     sections: dict[str, list[tuple[str, str]]] = {}
     current: list[tuple[str, str]] = []
-    for raw in UNIT.read_text().splitlines():
+    for raw in path.read_text().splitlines():
         line = raw.strip()
         if not line or line.startswith(("#", ";")):
             continue
@@ -167,64 +175,175 @@ def unit_entries() -> dict[str, list[tuple[str, str]]]:
     return sections
 
 
+HARDENING = {
+    "DynamicUser": "yes",
+    "ProtectSystem": "strict",
+    "ProtectHome": "yes",
+    "PrivateTmp": "yes",
+    "NoNewPrivileges": "yes",
+    "PrivateDevices": "yes",
+    "ProtectKernelTunables": "yes",
+    "ProtectKernelModules": "yes",
+    "ProtectKernelLogs": "yes",
+    "ProtectControlGroups": "yes",
+    "ProtectClock": "yes",
+    "ProtectHostname": "yes",
+    "RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6",
+    "RestrictNamespaces": "yes",
+    "LockPersonality": "yes",
+    "SystemCallArchitectures": "native",
+    "SystemCallFilter": "@system-service",
+    "SystemCallErrorNumber": "EPERM",
+    "CapabilityBoundingSet": "",
+    "RestrictRealtime": "yes",
+    "RestrictSUIDSGID": "yes",
+    "UMask": "0077",
+}
+# The daemon's sd_notify protocol (enricher/systemd.py) and its stop timing, for every unit running it.
+DAEMON = {
+    "Type": "notify",
+    "NotifyAccess": "main",
+    "Restart": "on-failure",
+    "RestartSec": "2",
+    "WatchdogSec": "30",
+    "TimeoutStopSec": "30",
+    "KillSignal": "SIGTERM",
+}
+
+
+def unit_environment(service: list[tuple[str, str]]) -> dict[str, str]:
+    """Every Environment= line's assignments, in order (space-separated, shell-like quoting)."""
+    assignments = [word for key, value in service if key == "Environment" for word in shlex.split(value)]
+    return dict(word.split("=", 1) for word in assignments)
+
+
+def exec_argv(command: str, **specifiers: str) -> list[str]:
+    """An Exec*= line as argv after `python -m enricher`, with %H, %i... replaced as systemd would."""
+    for letter, value in specifiers.items():
+        command = command.replace(f"%{letter}", value)
+    argv = shlex.split(command)
+    assert argv[:3] == [UNIT_PYTHON, "-m", "enricher"], command
+    return argv[3:]
+
+
+@pytest.mark.parametrize("path", UNITS, ids=lambda path: path.name)
+def test_unit_hardening(path: Path) -> None:
+    sections = unit_entries(path)
+    service = dict(sections["Service"])
+    assert {key: service.get(key) for key in HARDENING} == HARDENING
+    # Deliberately off until verified on a real host: see the comment in deploy/enricher.service.
+    assert "MemoryDenyWriteExecute" not in service
+    assert dict(sections["Install"])["WantedBy"] == "multi-user.target"
+    assert unit_environment(sections["Service"]).items() >= PYTHON_ENVS.items()
+    assert set(unit_environment(sections["Service"])) <= KNOWN_ENVS | set(PYTHON_ENVS)
+
+
 def test_unit_essentials() -> None:
     sections = unit_entries()
     service = dict(sections["Service"])
     expected = {
-        "Type": "notify",
-        "NotifyAccess": "main",
+        **DAEMON,
         "ExecStart": f"{UNIT_PYTHON} -m enricher run",
         "ExecStartPre": f"{UNIT_PYTHON} -m enricher check",
         "EnvironmentFile": "/etc/enricher/enricher.env",
-        "Restart": "on-failure",
-        "RestartSec": "2",
-        "WatchdogSec": "30",
-        "TimeoutStopSec": "30",
-        "KillSignal": "SIGTERM",
-        "DynamicUser": "yes",
-        "ProtectSystem": "strict",
-        "ProtectHome": "yes",
-        "PrivateTmp": "yes",
-        "NoNewPrivileges": "yes",
-        "PrivateDevices": "yes",
-        "ProtectKernelTunables": "yes",
-        "ProtectKernelModules": "yes",
-        "ProtectControlGroups": "yes",
-        "RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6",
-        "RestrictNamespaces": "yes",
-        "LockPersonality": "yes",
-        "SystemCallArchitectures": "native",
-        "CapabilityBoundingSet": "",
-        "RestrictRealtime": "yes",
-        "RestrictSUIDSGID": "yes",
-        "UMask": "0077",
     }
     assert {key: service.get(key) for key in expected} == expected
-    # Deliberately off until verified on a real host: see the comment in the unit.
-    assert "MemoryDenyWriteExecute" not in service
-    assert dict(sections["Install"])["WantedBy"] == "multi-user.target"
     # The shutdown drain must fit inside the stop timeout.
     assert settings.Settings().grace_period < int(service["TimeoutStopSec"])
 
 
-def test_unit_verifies(tmp_path: Path) -> None:
+def test_template_unit_essentials() -> None:
+    sections = unit_entries(TEMPLATE_UNIT)
+    entries = sections["Service"]
+    service = dict(entries)
+    flags = "--source streams --consumer %H-%i"
+    expected = {
+        **DAEMON,
+        "ExecStart": f"{UNIT_PYTHON} -m enricher run {flags}",
+        "ExecStartPre": f"{UNIT_PYTHON} -m enricher check {flags}",
+        "SyslogIdentifier": "enricher-%i",
+    }
+    assert {key: service.get(key) for key in expected} == expected
+    assert "%i" in dict(sections["Unit"])["Description"]
+    # The shared file first, then the instance's own (optional: `-`), which overrides it.
+    files = [value for key, value in entries if key == "EnvironmentFile"]
+    assert files == ["/etc/enricher/enricher.env", "-/etc/enricher/enricher-%i.env"]
+    # /metrics and /healthz off unless the instance's file sets a port of its own: no clash.
+    assert unit_environment(entries)[HTTP_PORT_ENV] == "0"
+    assert settings.load(unit_environment(entries)).http_port == 0
+    assert settings.Settings().grace_period < int(service["TimeoutStopSec"])
+
+
+@pytest.mark.parametrize("key", ["ExecStart", "ExecStartPre"])
+def test_template_unit_flags_beat_the_env_files(key: str) -> None:
+    """systemd lets EnvironmentFile= override Environment=, so the source and the consumer are flags."""
+    command = dict(unit_entries(TEMPLATE_UNIT)["Service"])[key]
+    names = set()
+    for instance in ("1", "2"):
+        args = build_parser().parse_args(exec_argv(command, H="host", i=instance))
+        # What a careless shared enricher.env could say: the flags must still win.
+        config = settings.load({"ENRICHER_SOURCE": "pubsub", "ENRICHER_CONSUMER": "shared"}, args)
+        assert config.source == "streams"
+        names.add(config.consumer)
+    assert names == {"host-1", "host-2"}  # one consumer per instance
+
+
+def test_bridge_unit_essentials() -> None:
+    sections = unit_entries(BRIDGE_UNIT)
+    service = dict(sections["Service"])
+    expected = {
+        "Type": "simple",  # enricher/bridge.py sends no sd_notify
+        "ExecStart": f"{UNIT_PYTHON} -m enricher bridge",
+        "EnvironmentFile": "/etc/enricher/enricher.env",  # the same stream settings as the instances
+        "Restart": "always",  # pub/sub loses what is published while the bridge is down
+        "KillSignal": "SIGTERM",
+        "TimeoutStopSec": "30",
+    }
+    assert {key: service.get(key) for key in expected} == expected
+    for key in ("WatchdogSec", "NotifyAccess", "ExecStartPre"):  # no notify; `check` needs MongoDB
+        assert key not in service
+
+
+def test_bridge_sends_no_sd_notify() -> None:
+    """Type=simple fits only while the bridge never notifies (under Type=notify it would time out)."""
+    source = (ROOT / "enricher" / "bridge.py").read_text()
+    imported = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom):
+            imported |= {f"{node.module}.{alias.name}" for alias in node.names}
+        elif isinstance(node, ast.Import):
+            imported |= {alias.name for alias in node.names}
+    assert not {name for name in imported if "systemd" in name}
+    assert "NOTIFY_SOCKET" not in source
+
+
+def local_copy(path: Path, directory: Path) -> Path:
+    """The unit as systemd-analyze can load it here: an instance of a template, the venv's Python.
+
+    `verify` fails when an Exec*= binary does not exist, and /opt/enricher/venv exists only on a
+    deployed host, so the copy's interpreter paths point at this test's Python; everything else
+    is checked as written. A template is loaded as instance `1` (from the template file beside
+    it), so that %i is expanded as on a host.
+    """
+    (directory / path.name).write_text(path.read_text().replace(UNIT_PYTHON, sys.executable))
+    return directory / path.name.replace("@.", "@1.")
+
+
+@pytest.mark.parametrize("path", UNITS, ids=lambda path: path.name)
+def test_unit_verifies(path: Path, tmp_path: Path) -> None:
     analyze = tool("systemd-analyze")
-    # `verify` fails when an Exec*= binary does not exist, and /opt/enricher/venv exists only on
-    # a deployed host. So verify a copy whose interpreter paths point at this test's Python;
-    # everything else in the unit is checked as written.
-    unit = tmp_path / UNIT.name
-    unit.write_text(UNIT.read_text().replace(UNIT_PYTHON, sys.executable))
+    unit = local_copy(path, tmp_path)
     result = run(analyze, "verify", str(unit))
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     # Unknown keys and bad values are only warnings (exit status 0): any line about our unit fails.
-    assert [line for line in output.splitlines() if UNIT.name in line] == []
+    assert [line for line in output.splitlines() if path.name in line or unit.name in line] == []
 
 
-def test_unit_security_exposure(tmp_path: Path) -> None:
+@pytest.mark.parametrize("path", UNITS, ids=lambda path: path.name)
+def test_unit_security_exposure(path: Path, tmp_path: Path) -> None:
     analyze = tool("systemd-analyze")
-    unit = tmp_path / UNIT.name
-    unit.write_text(UNIT.read_text().replace(UNIT_PYTHON, sys.executable))
+    unit = local_copy(path, tmp_path)
     result = run(analyze, "security", "--no-pager", "--offline=true", str(unit))
     match = re.search(r"Overall exposure level for \S+: ([0-9.]+)", result.stdout)
     if match is None:
@@ -233,8 +352,11 @@ def test_unit_security_exposure(tmp_path: Path) -> None:
 
 
 def test_commands_used_by_the_artefacts_exist() -> None:
-    used = set(re.findall(r"-m enricher (\w+)", UNIT.read_text()))
-    used |= {args[0] for args in (dockerfile_json("CMD"), compose()["services"]["feed"]["command"])}
+    used = {command for unit in UNITS for command in re.findall(r"-m enricher (\w+)", unit.read_text())}
+    assert used == {"run", "check", "bridge"}
+    ours = [service for service in compose()["services"].values() if service.get("image") == "enricher:local"]
+    used |= {args[0] for args in [dockerfile_json("CMD")] + [s["command"] for s in ours if "command" in s]}
+    assert used >= {"feed"}
     subparsers = next(action for action in build_parser()._actions if action.dest == "command")
     choices = set(getattr(subparsers, "choices", None) or ())
     missing = used - choices
@@ -426,12 +548,33 @@ def compose() -> dict[str, Any]:
     return loaded
 
 
-@pytest.mark.parametrize("profile", [[], ["--profile", "monitoring"]])
-def test_compose_config_validates(profile: list[str]) -> None:
+def docker_compose_config(profile: list[str], *options: str) -> subprocess.CompletedProcess[str]:
     docker_compose = tool("docker-compose")
     env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_")}
-    result = run(docker_compose, "--file", str(COMPOSE), *profile, "config", "--quiet", env=env)
+    return run(docker_compose, "--file", str(COMPOSE), *profile, "config", *options, env=env)
+
+
+@pytest.mark.parametrize("profile", [[], ["--profile", "monitoring"], ["--profile", "scale"]])
+def test_compose_config_validates(profile: list[str]) -> None:
+    result = docker_compose_config(profile, "--quiet")
     assert result.returncode == 0, result.stderr
+
+
+def test_compose_scale_profile_as_compose_resolves_it() -> None:
+    """The merge keys and profiles as docker-compose itself reads them, not only PyYAML."""
+    yaml = pytest.importorskip("yaml")
+    result = docker_compose_config(["--profile", "scale"])
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    assert set(services) >= SCALE_SERVICES | {"redis", "mongo", "enricher", "feed"}
+    scaled = services["enricher-scaled"]
+    assert scaled["deploy"]["replicas"] == 3
+    assert "ports" not in scaled
+    assert scaled["environment"]["ENRICHER_SOURCE"] == "streams"
+    assert "ENRICHER_CONSUMER" not in scaled["environment"]
+    assert services["bridge"]["command"] == ["bridge"]
+    for name in SCALE_SERVICES:  # (docker-compose 1.x lists profiled services even without --profile)
+        assert services[name]["profiles"] == ["scale"], name
 
 
 def test_compose_essentials() -> None:
@@ -499,6 +642,102 @@ def test_compose_essentials() -> None:
     text = COMPOSE.read_text()
     assert "PITFALLS" in text  # the policy choice is explained
     assert "allkeys-lru" in text
+
+
+def depends_on(services: dict[str, Any], names: set[str]) -> set[str]:
+    """The services `docker compose up NAMES` starts: NAMES and their dependencies, transitively."""
+    started: set[str] = set()
+    pending = list(names)
+    while pending:
+        name = pending.pop()
+        if name not in started:
+            started.add(name)
+            pending.extend(services[name].get("depends_on", {}))
+    return started
+
+
+def test_compose_scale_profile() -> None:
+    text = COMPOSE.read_text()
+    services = compose()["services"]
+    for name in SCALE_SERVICES:
+        assert services[name]["profiles"] == ["scale"], name
+        assert services[name]["image"] == services["enricher"]["image"], name
+        assert services[name]["restart"] == "unless-stopped", name
+        assert services[name]["init"] is True, name
+        assert set(services[name].get("environment", {})) <= KNOWN_ENVS, name  # no misspelt setting
+
+    # The documented command starts the profile with redis and mongo, without the pub/sub enricher
+    # and feed (else every message would be processed twice).
+    match = re.search(r"docker compose --profile scale up --build ([a-z -]+)\n", text)
+    assert match, "the profile's run command is documented"
+    named = set(match.group(1).split())
+    assert named == SCALE_SERVICES
+    assert depends_on(services, named) == SCALE_SERVICES | {"redis", "mongo"}
+
+    scaled = services["enricher-scaled"]
+    assert scaled["deploy"]["replicas"] == 3
+    assert "ports" not in scaled  # three replicas cannot share one host port
+    environment = scaled["environment"]
+    assert environment["ENRICHER_SOURCE"] == "streams"
+    assert "ENRICHER_CONSUMER" not in environment  # hostname-pid: each container has its own hostname
+    assert "ENRICHER_CONSUMER is left unset" in text
+    assert environment["REDIS_URL"] == "redis://redis:6379/0"
+    assert environment["MONGO_URL"] == "mongodb://mongo:27017"
+    assert str(environment[HTTP_PORT_ENV]) == "9108"  # inside each container, for the HEALTHCHECK
+    assert scaled["depends_on"] == services["enricher"]["depends_on"]
+    assert scaled["stop_grace_period"] == "30s"
+    assert settings.load({"ENRICHER_SOURCE": environment["ENRICHER_SOURCE"]}).source == "streams"
+
+    bridge = services["bridge"]
+    assert bridge["command"] == ["bridge"]
+    assert bridge["depends_on"] == {"redis": {"condition": "service_healthy"}}
+    # Producer and consumers must agree on where each message goes.
+    stream_keys = {"REDIS_URL", "ENRICHER_STREAM_PREFIX", "ENRICHER_STREAM_PARTITIONS"}
+    assert stream_keys <= set(bridge["environment"])
+    assert {k: bridge["environment"][k] for k in stream_keys} == {k: environment[k] for k in stream_keys}
+    assert "ports" not in bridge
+    assert bridge["healthcheck"]["test"][:3] == ["CMD", "python", "-c"]
+
+    feed = services["feed-scaled"]
+    assert feed["command"] == services["feed"]["command"]  # pub/sub, through the bridge
+    assert feed["depends_on"]["bridge"] == {"condition": "service_healthy"}
+    assert feed["healthcheck"] == {"disable": True}
+
+    # The default services stay pub/sub, and nothing of the profile starts without it.
+    assert "ENRICHER_SOURCE" not in services["enricher"]["environment"]
+    assert depends_on(services, set(services) - SCALE_SERVICES - {"prometheus"}).isdisjoint(SCALE_SERVICES)
+
+
+def test_compose_bridge_healthcheck() -> None:
+    """The bridge's healthcheck on a real server: healthy only once every channel has a subscriber."""
+    redis_lib = pytest.importorskip("redis")
+    code = compose()["services"]["bridge"]["healthcheck"]["test"][3]
+    assert all(channel in code for channel in CHANNELS)
+
+    def healthy(url: str) -> bool:
+        env = {**os.environ, "REDIS_URL": url}
+        result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=30, check=False)
+        return result.returncode == 0
+
+    try:
+        server = RedisServer().start()
+    except ServerError as exc:
+        pytest.skip(str(exc))
+    try:
+        client = redis_lib.Redis.from_url(server.url)
+        pubsub = client.pubsub()
+        try:
+            assert not healthy(server.url)
+            pubsub.subscribe(*CHANNELS[:-1])
+            assert not healthy(server.url)  # one channel still unheard
+            pubsub.subscribe(CHANNELS[-1])
+            assert healthy(server.url)
+        finally:
+            pubsub.close()
+            client.close()
+    finally:
+        server.close()
+    assert not healthy(f"redis://127.0.0.1:{free_port()}/0")  # Redis unreachable
 
 
 def test_compose_redis_command_runs_and_keeps_the_dlq(tmp_path: Path) -> None:
