@@ -90,7 +90,7 @@ class Settings:
     )
     idem_done_ttl: int = _setting(3600, "ENRICHER_IDEM_DONE_TTL", "seconds a done mark filters duplicates")
     gap_tick_counter: bool = _setting(
-        True, "ENRICHER_GAP_TICK_COUNTER", "treat tick_id as the feed's shared counter and log its gaps"
+        True, "ENRICHER_GAP_TICK_COUNTER", "tick_id is the feed's shared counter: log its gaps (pub/sub source only)"
     )
     gap_max_silence: float = _setting(
         10.0, "ENRICHER_GAP_MAX_SILENCE", "event-time seconds without a product's tick that count as a gap"

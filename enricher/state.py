@@ -59,7 +59,10 @@ class MarketState:
         self.model = model_config(settings)
         self.candles = CandleBook(CANDLE_WINDOWS)
         self.surfaces = SurfaceBook(max_strikes=settings.max_strikes)
-        self.gaps = GapDetector(metrics, settings.gap_tick_counter, settings.gap_max_silence)
+        # Partitioned streams hand each instance a slice of the feed's shared tick counter, in
+        # partition order: only the per-product silence check means anything there.
+        shared_counter = settings.gap_tick_counter and settings.source == "pubsub"
+        self.gaps = GapDetector(metrics, shared_counter, settings.gap_max_silence)
         self.snapshots: dict[Expiry, ChainSnapshot] = {}
         self.forwards: dict[Expiry, float] = {}
         self.spots: dict[str, float] = {}
