@@ -150,7 +150,11 @@ class StreamSource:
         self._lease_every = settings.stream_lease_ttl / 3
         self._changed = asyncio.Event()
         self.reading: set[int] = set()  # partitions read now
-        self._draining: set[int] = set()  # given up; released once what we took from them is settled
+        # Given up: released once what we took from them is settled, or at the deadline (MongoDB
+        # down must not pin a partition here; the new holder then claims what is left).
+        self._draining: dict[int, float] = {}
+        self._drain_for = settings.stream_claim_idle
+        self._forget_ms = int(2 * settings.stream_lease_ttl * 1000)
         self._claimed: deque[RawMessage] = deque()
         self._claimed_at = 0.0
         self._tasks: list[asyncio.Task[None]] = []
@@ -246,7 +250,7 @@ class StreamSource:
         """Start partitions we now hold; drain and hand back those we no longer should."""
         ours = self.leases.held & self.leases.wanted
         for k in sorted(ours - self.reading):
-            self._draining.discard(k)
+            self._draining.pop(k, None)
             # Whatever is pending on it was taken by someone who is gone or gave it back:
             # claim it all now, oldest first, before reading anything new.
             await self._claim_idle({k}, 0)
@@ -254,13 +258,16 @@ class StreamSource:
             log.info("partition_taken", partition=k, consumer=self.me)
         gone = self.reading - ours
         self.reading -= gone
-        self._draining |= gone
-        for k in sorted(self._draining):
-            if self.acks.idle(self._streams[k]):
-                self._draining.discard(k)
+        now = time.monotonic()
+        for k in gone:
+            self._draining[k] = now + self._drain_for
+        for k, deadline in sorted(self._draining.items()):
+            settled = self.acks.idle(self._streams[k])
+            if settled or now >= deadline:
+                del self._draining[k]
                 if k in self.leases.held and k not in self.leases.wanted:
                     await self.leases.release([k])
-                log.info("partition_handed_back", partition=k, consumer=self.me)
+                log.info("partition_handed_back", partition=k, consumer=self.me, settled=settled)
 
     async def _claim_idle(self, partitions: Iterable[int], min_idle_ms: int) -> None:
         self._claimed_at = time.monotonic()
@@ -315,6 +322,16 @@ class StreamSource:
         trimmed = await self._redis.xtrim(stream, minid=keep_from, approximate=False)
         if trimmed:
             self._metrics.event("stream_trimmed", int(trimmed))
+        await self._forget_consumers(stream)
+
+    async def _forget_consumers(self, stream: str) -> None:
+        """Delete consumers that are gone and hold nothing (each restart under hostname-pid adds one)."""
+        for consumer in await self._redis.xinfo_consumers(stream, self._group):
+            name = _text(_get(consumer, "name"))
+            if name == self.me or name in self.leases.members or int(_get(consumer, "pending")):
+                continue
+            if int(_get(consumer, "idle")) > self._forget_ms:
+                await self._redis.xgroup_delconsumer(stream, self._group, name)
 
 
 def _get(record: dict[Any, Any], key: str) -> Any:

@@ -154,7 +154,9 @@ async def test_two_instances_split_the_partitions_and_one_takes_over_from_the_ot
     redis: Redis,
     mongo: AsyncMongoClient[dict[str, Any]],
     db_name: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr(StreamSource, "trim_every", 0.05)
     a = Enricher(make_settings(**STREAMS, consumer="a"))
     b = Enricher(make_settings(**STREAMS, consumer="b"))
     await a.start()
@@ -179,6 +181,15 @@ async def test_two_instances_split_the_partitions_and_one_takes_over_from_the_ot
     try:
         await wait_for(lambda: all_stored(mongo, db_name, second), 30, "the second half stored")
         await wait_for(lambda: _zero(redis, a.settings), 10, "all acked")
+
+        async def b_forgotten() -> bool:
+            for stream in all_streams(a.settings):
+                consumers = await redis.xinfo_consumers(stream, a.settings.stream_group)
+                if any(c["name"] in (b"b", "b") for c in consumers):
+                    return False
+            return True
+
+        await wait_for(b_forgotten, 15, "the stopped consumer removed from the group")
     finally:
         await a.stop()
 
