@@ -46,6 +46,7 @@ log = structlog.get_logger("enricher.streams")
 FIELD: Final = b"data"  # each entry holds the message exactly as published, in one field
 BLOCK_MS: Final = 250  # how long one XREADGROUP waits; bounds how fast stop() and hand-overs act
 TRIM_EVERY: Final = 5.0
+SOCKET_TIMEOUT: Final = 10.0
 
 
 def consumer_name(settings: Settings) -> str:
@@ -134,7 +135,9 @@ class StreamSource:
 
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self._url = settings.redis_url
-        self._redis = Redis.from_url(settings.redis_url)
+        # A socket timeout well above BLOCK_MS: a Redis that stops answering (no RST, e.g. a
+        # network partition) is noticed and reconnected, instead of one read hanging forever.
+        self._redis = Redis.from_url(settings.redis_url, socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=5.0)
         self._group = settings.stream_group
         self.me = consumer_name(settings)
         self._metrics = metrics
