@@ -33,6 +33,7 @@ from typing import Any, Final, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
+from enricher.analytics.lean import every, frozen, indices, some
 from enricher.records import Chain, FloatArray, Json
 
 CodeArray = npt.NDArray[np.uint8]
@@ -40,6 +41,7 @@ Floats = list[float | None]
 
 CALL_25: Final = 0.25  # N(d1) of the 25-delta call
 PUT_25: Final = 0.75  # N(d1) of the 25-delta put: forward delta -0.25
+_WINGS: Final = frozen(np.array([CALL_25, PUT_25]))
 
 # Names of the codes in the records' code arrays.
 STATUSES: Final = (
@@ -203,19 +205,20 @@ def expiry_model(
     with np.errstate(all="ignore"):
         discount = math.exp(-x.r * years) if math.isfinite(years) and years > 0.0 else math.nan
         call_delta = np.where(below, 1.0 + x.puts.delta / discount, x.calls.delta / discount)
-    atm, atm_source = atm_iv(strikes, smile, forward)
-    rr25, bf25, skew_status = (None, None, "expired") if not years > 0.0 else skew_25(smile, call_delta, atm)
-    at = nearest_strike(strikes, forward)
-    straddle = None if at is None else straddle_move(x.calls.price[at] + x.puts.price[at], years, x.r)
-    gamma_otm = np.where(below, x.puts.gamma, x.calls.gamma)
-    gamma = np.where(np.isfinite(gamma_otm), gamma_otm, np.where(below, x.calls.gamma, x.puts.gamma))
-    with np.errstate(all="ignore"):
+        atm, atm_source = atm_iv(strikes, smile, forward)
+        rr25, bf25, skew_status = (None, None, "expired") if not years > 0.0 else skew_25(smile, call_delta, atm)
+        at = nearest_strike(strikes, forward)
+        straddle = None if at is None else straddle_move(x.calls.price[at] + x.puts.price[at], years, x.r)
+        gamma = np.where(below, x.puts.gamma, x.calls.gamma)
+        known = np.isfinite(gamma)
+        if not every(known):  # the ITM twin's where the OTM option has none
+            gamma = np.where(known, gamma, np.where(below, x.calls.gamma, x.puts.gamma))
         scale = x.gex_sign * x.lot * forward * forward * 0.01
         gex_call, gex_put = scale * gamma * x.chain.call_oi, -scale * gamma * x.chain.put_oi
         net = gex_call + gex_put
         known = np.isfinite(net)
-        gex_total = finite_or_none(net[known].sum()) if known.any() else None
-    d_call, d_put, call_codes, put_codes = oi_change(x, previous)
+        gex_total = finite_or_none(np.add.reduce(net[known])) if some(known) else None
+        d_call, d_put, call_codes, put_codes = oi_change(x, previous)
     return ChainModel(
         forward=finite_or_none(forward),
         forward_source=x.forward_source,
@@ -245,7 +248,7 @@ def expiry_model(
 def atm_iv(strikes: FloatArray, smile: FloatArray, forward: float) -> tuple[float | None, str | None]:
     """(IV at the forward, "interpolated" or "nearest"), or (None, None) without a smile."""
     known = np.isfinite(smile)
-    if not (known.any() and math.isfinite(forward)):
+    if not (some(known) and math.isfinite(forward)):
         return None, None
     at, ivs = strikes[known], smile[known]
     if at[0] <= forward <= at[-1]:
@@ -256,15 +259,17 @@ def atm_iv(strikes: FloatArray, smile: FloatArray, forward: float) -> tuple[floa
 def skew_25(smile: FloatArray, call_delta: FloatArray, atm: float | None) -> tuple[float | None, float | None, str]:
     """(25Δ risk reversal, 25Δ butterfly, status) from the smile and each point's N(d1)."""
     known = np.isfinite(smile) & np.isfinite(call_delta)
-    order = np.argsort(call_delta[known], kind="stable")
-    deltas, ivs = call_delta[known][order], smile[known][order]
+    deltas, ivs = call_delta[known], smile[known]
+    order = np.argsort(deltas, kind="stable")
+    deltas, ivs = deltas[order], ivs[order]
 
-    def wing(target: float) -> float | None:
-        if deltas.size == 0 or not deltas[0] <= target <= deltas[-1]:
-            return None
-        return float(np.interp(target, deltas, ivs))
-
-    call, put = wing(CALL_25), wing(PUT_25)
+    call = put = None
+    if deltas.size:
+        # Both wings in one interpolation; a wing the deltas don't reach is None.
+        call_iv, put_iv = np.interp(_WINGS, deltas, ivs).tolist()
+        low, high = deltas[0], deltas[-1]
+        call = call_iv if low <= CALL_25 <= high else None
+        put = put_iv if low <= PUT_25 <= high else None
     if call is None or put is None:
         which = "both_wings" if call is None and put is None else "call_wing" if call is None else "put_wing"
         return None, None, f"{which}_unreachable"
@@ -279,34 +284,46 @@ def nearest_strike(strikes: FloatArray, forward: float) -> int | None:
 
 
 def straddle_move(straddle: float, years: float, r: float) -> float | None:
-    """The undiscounted straddle price, the expected absolute move; None if a leg is missing."""
+    """The undiscounted straddle price, the expected absolute move; None if a leg is missing.
+
+    Called within `expiry_model`'s np.errstate: an overflow is None here, quietly.
+    """
     if not years > 0.0:
         return None
-    with np.errstate(all="ignore"):
-        return finite_or_none(straddle * np.exp(r * years))
+    return finite_or_none(straddle * np.exp(r * years))
 
 
 def classify_buildup(price_change: FloatArray, oi_change: FloatArray) -> CodeArray:
     """Codes into BUILDUPS from the signs of the changes; 0 (None) if either is 0 or unknown."""
-    up, down = price_change > 0.0, price_change < 0.0
-    more, less = oi_change > 0.0, oi_change < 0.0
-    return np.select([up & more, down & more, up & less, down & less], [1, 2, 3, 4], 0).astype(np.uint8)
+    down, less = price_change < 0.0, oi_change < 0.0
+    both_moved = ((price_change > 0.0) | down) & ((oi_change > 0.0) | less)
+    # BUILDUPS after None: up/more, down/more, up/less, down/less, so 1 + [down] + 2·[less].
+    down_, less_ = down.view(np.uint8), less.view(np.uint8)
+    code: CodeArray = (down_ + less_ + less_ + 1) * both_moved.view(np.uint8)
+    return code
 
 
 def oi_change(x: ExpiryInputs, previous: ChainSnapshot | None) -> tuple[FloatArray, FloatArray, CodeArray, CodeArray]:
-    """(ΔOI call, ΔOI put, call build-up, put build-up) per strike; NaN and 0 for strikes new since `previous`."""
+    """(ΔOI call, ΔOI put, call build-up, put build-up) per strike; NaN and 0 for strikes new since `previous`.
+
+    Called within `expiry_model`'s np.errstate: inf - inf is NaN here, quietly.
+    """
     strikes = x.chain.strikes
     n = strikes.size
     if previous is None or previous.strikes.size == 0:
         return np.full(n, np.nan), np.full(n, np.nan), np.zeros(n, np.uint8), np.zeros(n, np.uint8)
-    at = np.minimum(np.searchsorted(previous.strikes, strikes), previous.strikes.size - 1)
-    found = previous.strikes[at] == strikes
-    with np.errstate(all="ignore"):
-        d_call = x.chain.call_oi - np.where(found, previous.call_oi[at], np.nan)
-        d_put = x.chain.put_oi - np.where(found, previous.put_oi[at], np.nan)
-        call_move = x.calls.price - np.where(found, previous.call_price[at], np.nan)
-        put_move = x.puts.price - np.where(found, previous.put_price[at], np.nan)
-        return d_call, d_put, classify_buildup(call_move, d_call), classify_buildup(put_move, d_put)
+    before = [previous.call_oi, previous.put_oi, previous.call_price, previous.put_price]
+    if not (previous.strikes.shape == strikes.shape and every(previous.strikes == strikes)):
+        # Strikes added or dropped since: match them up (the usual chain has the same ones).
+        at = np.minimum(np.searchsorted(previous.strikes, strikes), previous.strikes.size - 1)
+        found = previous.strikes[at] == strikes
+        before = [np.where(found, column[at], np.nan) for column in before]
+    call_oi, put_oi, call_price, put_price = before
+    d_call = x.chain.call_oi - call_oi
+    d_put = x.chain.put_oi - put_oi
+    call_move = x.calls.price - call_price
+    put_move = x.puts.price - put_price
+    return d_call, d_put, classify_buildup(call_move, d_call), classify_buildup(put_move, d_put)
 
 
 def gex_flip_strike(strikes: FloatArray, net: FloatArray) -> float | None:
@@ -314,7 +331,7 @@ def gex_flip_strike(strikes: FloatArray, net: FloatArray) -> float | None:
     to the sum below it (unknown GEX adds nothing); None if the sign never changes."""
     with np.errstate(all="ignore"):
         signs = np.sign(np.cumsum(np.where(np.isfinite(net), net, 0.0)))
-    signed = np.flatnonzero(signs != 0.0)
+    signed = indices(signs != 0.0)
     if signed.size == 0:
         return None
     changed = signed[signs[signed] != signs[signed[0]]]

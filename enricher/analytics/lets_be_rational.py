@@ -14,7 +14,9 @@ here tables replace it, built once at import (~0.1 s) by solving with his method
 
 The guess is then within ~3e-5 typically (1e-4 for 99% of options, 1e-2 at worst). A
 Householder step leaves an error of about its own size to the 4th power, so after one step
-only the options whose step was not small (~2% of them) take more, as a subset.
+only the options whose step was not small (~2% of them) take more, as a subset. Each
+option steps on Jäckel's objective for its branch, all objectives in the same steps, so
+a step evaluates b once for the batch.
 Moneyness off the tables (|x| < 1e-12 or > 16) takes Jäckel's exact guess instead.
 """
 
@@ -25,6 +27,7 @@ from typing import Final, NamedTuple
 
 import numpy as np
 
+from enricher.analytics.lean import constants, every, frozen, indices, pick
 from enricher.analytics.normal import FloatArray
 from enricher.analytics.normalised_black import HIGH, LOW, MIDDLE, BoolArray, Problem, bracket, iterate
 from enricher.analytics.rational_guess import (
@@ -49,6 +52,8 @@ _PSI_U: Final = 129
 _NODE_ROWS: Final = 8 * (_PSI_ETA - 1) + 1
 _NODE_SCALE: Final = (_NODE_ROWS - 1) / (_ETA_HIGH - _ETA_LOW)
 _PSI_SCALE: Final = (_PSI_ETA - 1) / (_ETA_HIGH - _ETA_LOW)
+# Offsets into PSI, flattened, of a cell's corners from its first: (i, j), (i, j+1), (i+1, j), (i+1, j+1).
+_PSI_CORNERS: Final = frozen(np.array([[0], [1], [_PSI_U], [_PSI_U + 1]]))
 _LN2: Final = math.log(2.0)
 _TINY_PRICE: Final = 1e-300
 # The tables' b_c may put a β within ~1e-4 of it on the wrong side of s_c: widen by this.
@@ -56,19 +61,21 @@ _WIDE: Final = 1.01
 _NARROW: Final = 0.99
 
 LOWER_OUTER, LOWER_MIDDLE, UPPER_MIDDLE, UPPER_OUTER = range(4)
-_LN_B_C, _LN_B_L, _LN_B_H, _LN_S_L, _LN_S_H = range(5)
+
+# What the guess computes with, as 0-d arrays (see `lean.constants`).
+_ZERO, _HALF, _ONE, _TWO, _MINUS_TWO, _EIGHT, _INFINITY = constants(0.0, 0.5, 1.0, 2.0, -2.0, 8.0, math.inf)
+_AX_MIN, _AX_MAX = constants(AX_MIN, AX_MAX)
+_ETA_LOW_ARRAY, _NODE_SCALE_ARRAY, _PSI_SCALE_ARRAY, _LN2_ARRAY, _PSI_U_STEPS = constants(
+    _ETA_LOW, _NODE_SCALE, _PSI_SCALE, _LN2, _PSI_U - 1
+)
+_LAST_NODE_ROW, _LAST_PSI_ROW, _LAST_PSI_COLUMN, _PSI_ETA_ARRAY, _PSI_U_ARRAY = (
+    frozen(np.array(i, dtype=np.intp)) for i in (_NODE_ROWS - 2, _PSI_ETA - 2, _PSI_U - 2, _PSI_ETA, _PSI_U)
+)
 
 
 def _iterate_all(problem: Problem, guess: Guess) -> tuple[FloatArray, BoolArray]:
-    """Householder steps from the guess, for each of Jäckel's objectives on its own subset."""
-    s = np.empty_like(problem.beta)
-    done = np.empty(s.shape, dtype=np.bool_)
-    for kind in (LOW, MIDDLE, HIGH):
-        at = np.flatnonzero(guess.objective == kind)
-        if at.size:
-            start = bracket(guess.s[at], guess.s_left[at], guess.s_right[at])
-            s[at], done[at] = iterate(kind, problem.subset(at), start)
-    return s, done
+    """Householder steps from the guess, each option on the objective its branch of Jäckel's guess gives it."""
+    return iterate(guess.objective, problem, bracket(guess.s, guess.s_left, guess.s_right))
 
 
 def _solve_exactly(beta: FloatArray, x: FloatArray) -> tuple[FloatArray, BoolArray]:
@@ -82,8 +89,8 @@ class _Position(NamedTuple):
 
 def _lower_outer(ln_beta: FloatArray, x: FloatArray, ln_b_l: FloatArray) -> _Position:
     # ln β runs to -∞: u = 1/(1 + ln(b_l/β)) is 1 at b_l and 0 at β = 0.
-    u = 1.0 / (1.0 + ln_b_l - ln_beta)
-    return _Position(u, -x / np.sqrt(x - 2.0 * ln_beta))  # |x|/√(2 ln(b_max/β))
+    u = _ONE / (_ONE + ln_b_l - ln_beta)
+    return _Position(u, -x / np.sqrt(x - _TWO * ln_beta))  # |x|/√(2 ln(b_max/β))
 
 
 def _lower_middle(
@@ -91,22 +98,22 @@ def _lower_middle(
 ) -> _Position:
     # For small |x|, s spans decades here: interpolate ln s in ln β.
     u = (ln_beta - ln_b_l) / (ln_b_c - ln_b_l)
-    ln_s_c = 0.5 * (_LN2 + np.log(-x))
+    ln_s_c = _HALF * (_LN2_ARRAY + np.log(-x))
     return _Position(u, np.exp(ln_s_l + u * (ln_s_c - ln_s_l)))
 
 
 def _upper_middle(beta: FloatArray, x: FloatArray, b_c: FloatArray, b_h: FloatArray, s_h: FloatArray) -> _Position:
     u = (beta - b_c) / (b_h - b_c)
-    s_c = np.sqrt(-2.0 * x)
+    s_c = np.sqrt(_MINUS_TWO * x)
     return _Position(u, s_c + u * (s_h - s_c))
 
 
 def _upper_outer(beta: FloatArray, x: FloatArray, b_h: FloatArray) -> _Position:
     # b_max - β runs to 0: u = 1/(1 + ln((b_max - b_h)/(b_max - β))) is 1 at b_h, 0 at b_max.
-    b_max = np.exp(0.5 * x)
+    b_max = np.exp(_HALF * x)
     ln_gap = np.log(b_max - beta)
-    u = 1.0 / (1.0 + np.log(b_max - b_h) - ln_gap)
-    return _Position(u, np.sqrt(8.0 * (0.5 * x - ln_gap)))  # 2√(2 ln(b_max/(b_max - β)))
+    u = _ONE / (_ONE + np.log(b_max - b_h) - ln_gap)
+    return _Position(u, np.sqrt(_EIGHT * (_HALF * x - ln_gap)))  # 2√(2 ln(b_max/(b_max - β)))
 
 
 def _build_tables() -> tuple[FloatArray, FloatArray, FloatArray]:
@@ -162,81 +169,76 @@ _NODES, _NODE_SLOPES, PSI = _build_tables()
 
 
 def _table_guess(beta: FloatArray, x: FloatArray) -> Guess:
-    """Guess s from the tables; also Jäckel's objective and a bracket, per option."""
-    n = beta.size
-    eta = np.log(-x)
-    position = (eta - _ETA_LOW) * _NODE_SCALE
-    row = np.minimum(position.astype(np.intp), _NODE_ROWS - 2)
+    """Guess s from the tables; also Jäckel's objective and a bracket, per option.
+
+    Each branch's formula runs on every option if any option is in the branch, and each
+    option keeps its own branch's (`lean.pick`): per option, the same arithmetic as on its
+    branch's options alone, in a third of the numpy calls.
+    """
+    eta = np.log(-x) - _ETA_LOW_ARRAY  # ln|x| from the tables' first row
+    position = eta * _NODE_SCALE_ARRAY
+    row = np.minimum(position.astype(np.intp), _LAST_NODE_ROW)
     weight = position - row
-
-    def node(column: int, at: IndexArray) -> FloatArray:
-        r = row[at]
-        value: FloatArray = _NODES[column].take(r) + weight[at] * _NODE_SLOPES[column].take(r)
-        return value
-
+    # The table's rows, as `_build_tables` stacks them.
+    ln_b_c, ln_b_l, ln_b_h, ln_s_l, ln_s_h = _NODES.take(row, axis=1) + weight * _NODE_SLOPES.take(row, axis=1)
     ln_beta = np.log(beta)
-    u, reference = np.empty_like(beta), np.empty_like(beta)
-    branch = np.empty(n, dtype=np.intp)
-    ln_b_c = node(_LN_B_C, np.arange(n))
     lower = ln_beta < ln_b_c
-
-    side = np.flatnonzero(lower)
-    ln_b_l = node(_LN_B_L, side)
-    outer = ln_beta[side] < ln_b_l
-    at = side[outer]
-    u[at], reference[at] = _lower_outer(ln_beta[at], x[at], ln_b_l[outer])
-    branch[at] = LOWER_OUTER
-    at = side[~outer]
-    u[at], reference[at] = _lower_middle(ln_beta[at], x[at], ln_b_l[~outer], ln_b_c[at], node(_LN_S_L, at))
-    branch[at] = LOWER_MIDDLE
-
-    side = np.flatnonzero(~lower)
-    b_h = np.exp(node(_LN_B_H, side))
-    outer = beta[side] > b_h
-    at = side[~outer]
-    s_h = np.exp(node(_LN_S_H, at))
-    u[at], reference[at] = _upper_middle(beta[at], x[at], np.exp(ln_b_c[at]), b_h[~outer], s_h)
-    branch[at] = UPPER_MIDDLE
-    at = side[outer]
-    u[at], reference[at] = _upper_outer(beta[at], x[at], b_h[outer])
-    branch[at] = UPPER_OUTER
-
+    b_h = np.exp(ln_b_h)
+    branch = np.where(
+        lower,
+        np.where(ln_beta < ln_b_l, LOWER_OUTER, LOWER_MIDDLE),
+        np.where(beta > b_h, UPPER_OUTER, UPPER_MIDDLE),
+    )
+    present = np.bincount(branch, minlength=4)
+    positions: list[tuple[int, _Position]] = []
+    if present[LOWER_OUTER]:
+        positions.append((LOWER_OUTER, _lower_outer(ln_beta, x, ln_b_l)))
+    if present[LOWER_MIDDLE]:
+        positions.append((LOWER_MIDDLE, _lower_middle(ln_beta, x, ln_b_l, ln_b_c, ln_s_l)))
+    if present[UPPER_MIDDLE]:
+        positions.append((UPPER_MIDDLE, _upper_middle(beta, x, np.exp(ln_b_c), b_h, np.exp(ln_s_h))))
+    if present[UPPER_OUTER]:
+        positions.append((UPPER_OUTER, _upper_outer(beta, x, b_h)))
+    u, reference = pick(branch, positions)
     s = reference * _psi(branch, eta, u)
-    high = (branch == UPPER_OUTER) & (beta > 0.5 * np.exp(0.5 * x))
-    objective = np.where(branch == LOWER_OUTER, LOW, np.where(high, HIGH, MIDDLE))
-    s_c = np.sqrt(-2.0 * x)
-    return Guess(s, objective, np.where(lower, 0.0, _NARROW * s_c), np.where(lower, _WIDE * s_c, np.inf))
+    objective = np.where(branch == LOWER_OUTER, LOW, MIDDLE)
+    if present[UPPER_OUTER]:  # Jäckel's HIGH objective pays only where b is close to saturating
+        objective[(branch == UPPER_OUTER) & (beta > _HALF * np.exp(_HALF * x))] = HIGH
+    s_c = np.sqrt(_MINUS_TWO * x)
+    return Guess(s, objective, np.where(lower, _ZERO, _NARROW * s_c), np.where(lower, _WIDE * s_c, _INFINITY))
 
 
 def _psi(branch: IndexArray, eta: FloatArray, u: FloatArray) -> FloatArray:
-    """Bilinear interpolation of ψ(branch, ln|x|, √u)."""
-    position = (eta - _ETA_LOW) * _PSI_SCALE
-    i = np.minimum(position.astype(np.intp), _PSI_ETA - 2)
+    """Bilinear interpolation of ψ(branch, ln|x|, √u), `eta` being ln|x| from the first row."""
+    position = eta * _PSI_SCALE_ARRAY
+    i = np.minimum(position.astype(np.intp), _LAST_PSI_ROW)
     w_eta = position - i
-    position = np.sqrt(np.fmin(np.fmax(u, 0.0), 1.0)) * (_PSI_U - 1)  # fmax maps NaN to 0
-    j = np.minimum(position.astype(np.intp), _PSI_U - 2)
+    position = np.sqrt(np.fmin(np.fmax(u, _ZERO), _ONE)) * _PSI_U_STEPS  # fmax maps NaN to 0
+    j = np.minimum(position.astype(np.intp), _LAST_PSI_COLUMN)
     w_u = position - j
-    k = (branch * _PSI_ETA + i) * _PSI_U + j
-    flat = PSI.ravel()
-    r00 = flat.take(k, mode="clip")
-    r01 = flat.take(k + 1, mode="clip")
-    r10 = flat.take(k + _PSI_U, mode="clip")
-    r11 = flat.take(k + _PSI_U + 1, mode="clip")
-    return r00 + w_u * (r01 - r00) + w_eta * (r10 - r00 + w_u * (r11 - r10 - r01 + r00))
+    k = (branch * _PSI_ETA_ARRAY + i) * _PSI_U_ARRAY + j
+    r00, r01, r10, r11 = PSI.take(k + _PSI_CORNERS, mode="clip")  # the cell's four corners
+    psi: FloatArray = r00 + w_u * (r01 - r00) + w_eta * (r10 - r00 + w_u * (r11 - r10 - r01 + r00))
+    return psi
 
 
 def implied_s(beta: FloatArray, x: FloatArray) -> tuple[FloatArray, BoolArray]:
-    """s = σ√T with b(x, s) = beta, for x <= 0 and 0 < beta < e^{x/2}; and where it converged."""
-    s = np.empty_like(beta)
-    done = np.empty(beta.shape, dtype=np.bool_)
-    with np.errstate(all="ignore"):
-        ax = -x
-        tabulated = (ax >= AX_MIN) & (ax < AX_MAX)
-        at = np.flatnonzero(tabulated)
+    """s = σ√T with b(x, s) = beta, for x <= 0 and 0 < beta < e^{x/2}; and where it converged.
+
+    Callers hold np.errstate(all="ignore"): the solver's steps under- and overflow on purpose.
+    """
+    if not beta.size:
+        return np.empty_like(beta), np.empty(beta.shape, dtype=np.bool_)
+    ax = -x
+    tabulated = (ax >= _AX_MIN) & (ax < _AX_MAX)
+    if every(tabulated):  # the usual batch: nothing to split, gather or scatter
+        s, done = _iterate_all(Problem.of(beta, x), _table_guess(beta, x))
+    else:
+        s, done = np.empty_like(beta), np.empty(beta.shape, dtype=np.bool_)
+        at = indices(tabulated)
         if at.size:
             bt, xt = beta[at], x[at]
             s[at], done[at] = _iterate_all(Problem.of(bt, xt), _table_guess(bt, xt))
-        at = np.flatnonzero(~tabulated)
-        if at.size:
-            s[at], done[at] = _solve_exactly(beta[at], x[at])
-        return s, done & np.isfinite(s) & (s > 0.0)
+        at = indices(~tabulated)
+        s[at], done[at] = _solve_exactly(beta[at], x[at])
+    return s, done & np.isfinite(s) & (s > _ZERO)

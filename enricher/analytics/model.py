@@ -2,8 +2,9 @@
 greeks; `expiry` adds what the whole expiry says.
 
 Pure numpy, no I/O, so it runs inline or in the process pool. `model_chains` solves every
-option of every chain in ONE `implied_vol` call, because the solver costs ~1 ms a call
-(on a real chain's mix of strikes) whatever its size; `model_chain` is the batch of one.
+option of every chain in ONE `implied_vol` call, because the solver costs ~0.15 ms a call
+(on a real chain's mix of strikes) whatever its size; `model_chain` is the batch of one,
+and gets the same bits for its chain as any batch would (see `black76`).
 
 Conventions, each with its reason:
 - Price used: the mid when bid > 0, ask >= bid and (ask - bid) / mid <= `max_spread`, else
@@ -47,6 +48,7 @@ from enricher.analytics.expiry import (
     Side,
     expiry_model,
 )
+from enricher.analytics.lean import constants, every, indices, some
 from enricher.records import Chain, FloatArray, Json, Quote
 
 __all__ = [
@@ -68,6 +70,7 @@ StatusArray = npt.NDArray[np.uint8]
 NO_PRICE: Final = 6  # codes beyond black76's, named in STATUSES
 NO_FORWARD: Final = 7
 MID, LAST, NONE = 0, 1, 2  # named in PRICES_USED
+_ZERO, _HALF, _NAN = constants(0.0, 0.5, math.nan)  # 0-d: see `lean.constants`
 
 NSE_PRODUCTS: Final = ("NIFTY", "BANKNIFTY", "FINNIFTY", "SENSEX", "MIDCPNIFTY")
 NSE_CLOSE: Final[Close] = (15, 30, "Asia/Kolkata")
@@ -140,11 +143,11 @@ def time_to_expiry(product: str, expiry: str, at: datetime, config: ModelConfig)
 def price_used(bid: FloatArray, ask: FloatArray, last: FloatArray, max_spread: float) -> tuple[FloatArray, StatusArray]:
     """(price, code into PRICES_USED) per option; the price is NaN where the code is NONE."""
     with np.errstate(all="ignore"):
-        mid = 0.5 * (bid + ask)
-        mid_ok = (bid > 0.0) & (ask >= bid) & np.isfinite(mid) & (ask - bid <= max_spread * mid)
-        last_ok = (last > 0.0) & np.isfinite(last)
+        mid = _HALF * (bid + ask)
+        mid_ok = (bid > _ZERO) & (ask >= bid) & np.isfinite(mid) & (ask - bid <= max_spread * mid)
+        last_ok = (last > _ZERO) & np.isfinite(last)
     code = np.where(mid_ok, MID, np.where(last_ok, LAST, NONE)).astype(np.uint8)
-    return np.where(mid_ok, mid, np.where(last_ok, last, np.nan)), code
+    return np.where(mid_ok, mid, np.where(last_ok, last, _NAN)), code
 
 
 def parity_forward(
@@ -157,7 +160,7 @@ def parity_forward(
     config: ModelConfig,
 ) -> tuple[float, str]:
     """(forward, "parity" or "spot"): see the module's conventions."""
-    both = np.flatnonzero(np.isfinite(call_price) & np.isfinite(put_price))
+    both = indices(np.isfinite(call_price) & np.isfinite(put_price))
     if both.size:
         with np.errstate(all="ignore"):
             nearest = both[np.argsort(np.abs(strikes[both] - spot), kind="stable")[: config.parity_strikes]]
@@ -197,7 +200,7 @@ def _side_book(rows: object, strikes: FloatArray) -> tuple[FloatArray, FloatArra
         at, bid, ask = (np.fromiter(map(get, rows), dtype=np.float64, count=len(rows)) for get in _BOOK)
     except (KeyError, TypeError, ValueError, OverflowError):
         at, bid, ask = (np.array([_number(row, key) for row in rows], dtype=np.float64) for key in _BOOK_KEYS)
-    if at.size == n and np.array_equal(at, strikes):
+    if at.shape == strikes.shape and every(at == strikes):
         return bid, ask  # rows in strike order: the usual case
     on_strikes = np.full(n, np.nan), np.full(n, np.nan)
     if n:
@@ -214,36 +217,40 @@ def _number(row: object, key: str) -> float:
 
 
 class _Solved:
-    """IV and greeks of a batch of options, NaN wherever the status is not OK."""
+    """IV and greeks of a batch of options, NaN wherever the status is not OK: the `model`
+    columns of each option, with its price used."""
 
     def __init__(
         self,
         forward: FloatArray,
         strike: FloatArray,
         years: FloatArray,
-        price: FloatArray,
+        price: tuple[FloatArray, StatusArray],
         is_call: npt.NDArray[np.bool_],
         r: float,
     ) -> None:
-        iv, status = black76.implied_vol(forward, strike, years, price, is_call, r=r)
-        status[~np.isfinite(price)] = NO_PRICE
-        status[~((forward > 0.0) & np.isfinite(forward))] = NO_FORWARD
-        status[years <= 0.0] = black76.EXPIRED
+        value, code = price
+        iv, status = black76.implied_vol(forward, strike, years, value, is_call, r=r)
+        # The model's own statuses, over the solver's: each mask is usually empty.
+        for overriding, code_ in (
+            (~np.isfinite(value), NO_PRICE),
+            (~((forward > 0.0) & np.isfinite(forward)), NO_FORWARD),
+            (years <= 0.0, black76.EXPIRED),
+        ):
+            if some(overriding):
+                status[overriding] = code_
         ok = status == black76.OK
-        self.status = status
-        self.iv = np.where(ok, iv, np.nan)
-        # black76_greeks gives gamma = vega = 0, not NaN, at a NaN vol: mask explicitly.
-        greeks = black76.black76_greeks(forward, strike, years, self.iv, is_call, r=r)
-        self.delta, self.gamma, self.vega, self.theta = (np.where(ok, g, np.nan) for g in greeks)
+        everywhere = every(ok)
+        if not everywhere:
+            iv = np.where(ok, iv, np.nan)
+        values = np.array([iv, *black76.black76_greeks(forward, strike, years, iv, is_call, r=r), value])
+        if not everywhere:
+            values[1:5, ~ok] = np.nan  # black76_greeks gives gamma = vega = 0, not NaN, at a NaN vol
+        self.columns = OptionColumns(values, np.array([code, status]))
 
-    def columns(self, price: FloatArray, price_code: StatusArray) -> OptionColumns:
-        return OptionColumns(
-            np.stack([self.iv, self.delta, self.gamma, self.vega, self.theta, price]),
-            np.stack([price_code, self.status]),
-        )
-
-    def side(self, price: FloatArray, rows: slice) -> Side:
-        return Side(price, self.iv[rows], self.delta[rows], self.gamma[rows])
+    def side(self, rows: slice) -> Side:
+        iv, delta, gamma, _, _, price = self.columns.values[:, rows]
+        return Side(price, iv, delta, gamma)
 
 
 def model_chain(chain: Chain, config: ModelConfig, previous: ChainSnapshot | None) -> tuple[ChainModel, ChainSnapshot]:
@@ -270,10 +277,16 @@ def model_chains(
     sizes = [chain.strikes.size for chain in chains]
     offsets = [0, *accumulate(sizes)]
     total = offsets[-1]
-    strikes = _concat([chain.strikes for chain in chains])
-    call_bid, call_ask, put_bid, put_ask = (_concat(list(side)) for side in zip(*map(book, chains), strict=True))
-    call_price, call_code = price_used(call_bid, call_ask, _concat([c.call_last for c in chains]), config.max_spread)
-    put_price, put_code = price_used(put_bid, put_ask, _concat([c.put_last for c in chains]), config.max_spread)
+    # Every option of every chain in one batch: all the calls, then all the puts.
+    books = [book(chain) for chain in chains]
+    price = price_used(
+        _concat([b[0] for b in books] + [b[2] for b in books]),
+        _concat([b[1] for b in books] + [b[3] for b in books]),
+        _concat([c.call_last for c in chains] + [c.put_last for c in chains]),
+        config.max_spread,
+    )
+    call_price, put_price = price[0][:total], price[0][total:]
+    strikes = _concat([chain.strikes for chain in chains] * 2)
     years = [time_to_expiry(c.product, c.expiry, c.timestamp, config) for c in chains]
     forwards = [
         parity_forward(
@@ -281,18 +294,15 @@ def model_chains(
         )
         for c, t, start, end in zip(chains, years, offsets, offsets[1:], strict=False)
     ]
-    row_forward = np.repeat(np.array([f for f, _ in forwards], dtype=np.float64), sizes)
-    row_years = np.repeat(np.array(years, dtype=np.float64), sizes)
-    price = np.concatenate([call_price, put_price])
     solved = _Solved(
-        np.concatenate([row_forward, row_forward]),
-        np.concatenate([strikes, strikes]),
-        np.concatenate([row_years, row_years]),
+        np.repeat(np.array([f for f, _ in forwards] * 2, dtype=np.float64), sizes * 2),
+        strikes,
+        np.repeat(np.array(years * 2, dtype=np.float64), sizes * 2),
         price,
         np.arange(2 * total) < total,
         config.r,
     )
-    columns = solved.columns(price, np.concatenate([call_code, put_code]))
+    columns = solved.columns
     out = []
     for i, (chain, previous) in enumerate(items):
         start, end = offsets[i], offsets[i + 1]
@@ -313,8 +323,8 @@ def model_chains(
             snapshot, compare_with = previous, None
         inputs = ExpiryInputs(
             chain=chain,
-            calls=solved.side(call_price[rows], calls),
-            puts=solved.side(put_price[rows], puts),
+            calls=solved.side(calls),
+            puts=solved.side(puts),
             forward=forwards[i][0],
             forward_source=forwards[i][1],
             years=years[i],
@@ -341,8 +351,8 @@ def model_quotes(quotes: Sequence[Quote], forwards: Sequence[float | None], conf
     is_call = np.array([q.option_type == "CALL" for q in quotes])
     years = np.array([time_to_expiry(q.product, q.expiry, q.timestamp, config) for q in quotes])
     forward = np.array([math.nan if f is None else f for f in forwards], dtype=np.float64)
-    price, code = price_used(bid, ask, last, config.max_spread)
-    return _Solved(forward, strike, years, price, is_call, config.r).columns(price, code).models()
+    price = price_used(bid, ask, last, config.max_spread)
+    return _Solved(forward, strike, years, price, is_call, config.r).columns.models()
 
 
 def _concat(arrays: list[FloatArray]) -> FloatArray:

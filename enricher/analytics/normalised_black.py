@@ -33,9 +33,11 @@ from typing import Final, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
+from enricher.analytics.lean import constants, every, filled, indices, pick
 from enricher.analytics.normal import FloatArray, erf_small, erfcx_large_correction, erfcx_nonnegative
 
 BoolArray = npt.NDArray[np.bool_]
+IndexArray = npt.NDArray[np.intp]
 
 _SQRT1_2: Final = 0.70710678118654752440084436210484903928483593768847
 _INV_SQRT_2PI: Final = 0.39894228040143267793994605993438186847585863116493
@@ -57,9 +59,15 @@ LOW: Final = 0  # 1/ln b - 1/ln β, where b vanishes like e^{-x²/2s²}
 MIDDLE: Final = 1  # b - β
 HIGH: Final = 2  # ln((b_max - β)/(b_max - b)), where b saturates
 
+# What the hot paths compute with, as 0-d arrays (see `lean.constants`).
+_ZERO, _QUARTER, _HALF, _MINUS_HALF, _ONE, _TWO, _THREE, _SIX = constants(0.0, 0.25, 0.5, -0.5, 1.0, 2.0, 3.0, 6.0)
+_MINUS_SQRT1_2, _SQRT_PI_2_ARRAY, _TWO_INV_SQRT_2PI = constants(-_SQRT1_2, _SQRT_PI_2, 2.0 * _INV_SQRT_2PI)
+_LARGE_P, _DEEP_MIN_T_ARRAY, _SMALL_T_ARRAY, _MIN_SMALL_T_H = constants(_LARGE, _DEEP_MIN_T, _SMALL_T, -_SMALL_T_MAX_H)
+
 FULL_BATCH_STEPS: Final = 1  # from the corrected guess, one step is enough for most options
 MAX_STEPS: Final = 12
 STEP_TOLERANCE: Final = 3e-4  # a Householder step this small leaves an error of ~0.25·its 4th power
+_STEP_TOLERANCE, _PINNED_ARRAY = constants(STEP_TOLERANCE, _PINNED)
 
 
 class OtmPrice(NamedTuple):
@@ -69,80 +77,101 @@ class OtmPrice(NamedTuple):
 
 
 def otm_price(x: FloatArray, s: FloatArray, b_max: FloatArray, sinh_half: FloatArray) -> OtmPrice:
-    """b(x, s) for x <= 0, s > 0; `b_max` = e^{x/2} and `sinh_half` = sinh(-x/2) precomputed."""
-    with np.errstate(all="ignore"):
-        h = x / s
-        t = 0.5 * s
-        p = (h + t) * -_SQRT1_2
-        q = (t - h) * _SQRT1_2
-        half_e = 0.5 * np.exp(-0.5 * (h * h + t * t))
-        b = np.empty_like(s)
-        gap = np.empty_like(s)
-        # Cheapest accurate form first; below t = 0.01 the small-t expansion beats ε/(p·t).
-        deep = (p > _LARGE) & ((t >= _DEEP_MIN_T) | (h < -_SMALL_T_MAX_H))  # then q > p > 4 too
-        small_t = ~deep & (t < _SMALL_T) & (h >= -_SMALL_T_MAX_H)
-        near = (q <= _ERF_SMALL_LIMIT) & ~small_t & ~deep
-        at = np.flatnonzero(deep)
-        if at.size:
-            pa, qa = p[at], q[at]
-            leading = (_SQRT2 * _INV_SQRT_PI) * t[at] / (pa * qa)
-            b[at] = half_e[at] * (leading - erfcx_large_correction(pa) + erfcx_large_correction(qa))
-            gap[at] = b_max[at] - b[at]
-        at = np.flatnonzero(~(near | small_t | deep))
-        if at.size:
-            pa, e = p[at], half_e[at]
-            ep = erfcx_nonnegative(np.abs(pa))
-            eq = erfcx_nonnegative(q[at])
-            below = pa >= 0.0
-            top_gap = e * (ep + eq)
-            b[at] = np.where(below, e * (ep - eq), b_max[at] - top_gap)
-            gap[at] = np.where(below, b_max[at] - b[at], top_gap)
-        at = np.flatnonzero(near)
-        if at.size:
-            pa, bm = p[at], b_max[at]  # |p| <= q: both in erf_small's range
-            b[at] = 0.5 * (bm * erf_small(-pa) + erf_small(q[at]) / bm) - sinh_half[at]
-            gap[at] = bm - b[at]
-        at = np.flatnonzero(small_t)
-        if at.size:
-            b[at] = (2.0 * _INV_SQRT_2PI) * half_e[at] * _small_t_expansion(h[at], t[at])
-            gap[at] = b_max[at] - b[at]
-        return OtmPrice(b, gap, (2.0 * _INV_SQRT_2PI) * half_e)
+    """b(x, s) for x <= 0, s > 0; `b_max` = e^{x/2} and `sinh_half` = sinh(-x/2) precomputed.
+
+    Callers hold np.errstate(all="ignore"), as every step of the solver does: under- and
+    overflow are expected here, and select the form to use.
+    """
+    h = x / s
+    t = _HALF * s
+    p = (h + t) * _MINUS_SQRT1_2
+    half_e = _HALF * np.exp(_MINUS_HALF * (h * h + t * t))
+    # Cheapest accurate form first; below t = 0.01 the small-t expansion beats ε/(p·t).
+    deep = (p > _LARGE_P) & ((t >= _DEEP_MIN_T_ARRAY) | (h < _MIN_SMALL_T_H))  # then q > p > 4 too
+    small_t = ~deep & (t < _SMALL_T_ARRAY) & (h >= _MIN_SMALL_T_H)
+    if every(small_t):  # the usual batch: s < 0.42, none far out of the money; nothing to split
+        vega = _TWO_INV_SQRT_2PI * half_e
+        b = vega * _small_t_expansion(h, t)
+        return OtmPrice(b, b_max - b, vega)
+    q = (t - h) * _SQRT1_2
+    b = np.empty_like(s)
+    gap = np.empty_like(s)
+    near = (q <= _ERF_SMALL_LIMIT) & ~small_t & ~deep
+    at = np.flatnonzero(deep)
+    if at.size:
+        pa, qa = p[at], q[at]
+        leading = (_SQRT2 * _INV_SQRT_PI) * t[at] / (pa * qa)
+        b[at] = half_e[at] * (leading - erfcx_large_correction(pa) + erfcx_large_correction(qa))
+        gap[at] = b_max[at] - b[at]
+    at = np.flatnonzero(~(near | small_t | deep))
+    if at.size:
+        pa, e = p[at], half_e[at]
+        ep = erfcx_nonnegative(np.abs(pa))
+        eq = erfcx_nonnegative(q[at])
+        below = pa >= 0.0
+        top_gap = e * (ep + eq)
+        b[at] = np.where(below, e * (ep - eq), b_max[at] - top_gap)
+        gap[at] = np.where(below, b_max[at] - b[at], top_gap)
+    at = np.flatnonzero(near)
+    if at.size:
+        pa, bm = p[at], b_max[at]  # |p| <= q: both in erf_small's range
+        b[at] = 0.5 * (bm * erf_small(-pa) + erf_small(q[at]) / bm) - sinh_half[at]
+        gap[at] = bm - b[at]
+    at = np.flatnonzero(small_t)
+    if at.size:
+        b[at] = (2.0 * _INV_SQRT_2PI) * half_e[at] * _small_t_expansion(h[at], t[at])
+        gap[at] = b_max[at] - b[at]
+    return OtmPrice(b, gap, (2.0 * _INV_SQRT_2PI) * half_e)
+
+
+# Jäckel's small-t expansion: Y(h+t) - Y(h-t) = 2t·(a + c1·t² + c2·t⁴ + ... + c6·t¹²), each
+# c_k nested in h² as (p + q·a) + h²·(...) around a·h², over a divisor. Rows c1 .. c6: their
+# (p, q) pairs from the innermost level out, and the divisor.
+_SMALL_T_ROWS: Final = (
+    (((-1.0, 3.0),), 6.0),
+    (((-1.0, 10.0), (-7.0, 15.0)), 120.0),
+    (((-1.0, 21.0), (-18.0, 105.0), (-57.0, 105.0)), 5040.0),
+    (((-1.0, 36.0), (-33.0, 378.0), (-285.0, 1260.0), (-561.0, 945.0)), 362880.0),
+    (((-1.0, 55.0), (-52.0, 990.0), (-840.0, 6930.0), (-4680.0, 17325.0), (-6555.0, 10395.0)), 39916800.0),
+    (
+        (
+            (-1.0, 78.0),
+            (-75.0, 2145.0),
+            (-1926.0, 25740.0),
+            (-20370.0, 135135.0),
+            (-82845.0, 270270.0),
+            (-89055.0, 135135.0),
+        ),
+        6227020800.0,
+    ),
+)
+_SMALL_T_COEFFICIENTS: Final = tuple(
+    (tuple(constants(p, q) for p, q in levels), *constants(divisor)) for levels, divisor in _SMALL_T_ROWS
+)
 
 
 def _small_t_expansion(h: FloatArray, t: FloatArray) -> FloatArray:
-    """Y(h+t) - Y(h-t) with Y = Φ/φ, to 12th order in t: Jäckel's small_t_expansion_of_normalized_black."""
-    a = 1.0 + h * _SQRT_PI_2 * erfcx_nonnegative(h * -_SQRT1_2)
-    w = t * t
+    """Y(h+t) - Y(h-t) with Y = Φ/φ, to 12th order in t: Jäckel's small_t_expansion_of_normalized_black.
+
+    His nesting of each coefficient, operation for operation, from a table of 0-d arrays
+    (see `lean.constants`): the same bits, ~15% faster on a chain's worth of options.
+    """
+    a = _ONE + h * _SQRT_PI_2_ARRAY * erfcx_nonnegative(h * _MINUS_SQRT1_2)
     h2 = h * h
     ah2 = a * h2
-    c6 = (
-        -89055.0
-        + 135135.0 * a
-        + h2
-        * (
-            -82845.0
-            + 270270.0 * a
-            + h2
-            * (
-                -20370.0
-                + 135135.0 * a
-                + h2 * (-1926.0 + 25740.0 * a + h2 * (-75.0 + 2145.0 * a + h2 * (-1.0 + 78.0 * a + ah2)))
-            )
-        )
-    ) / 6227020800.0
-    c5 = (
-        -6555.0
-        + 10395.0 * a
-        + h2
-        * (-4680.0 + 17325.0 * a + h2 * (-840.0 + 6930.0 * a + h2 * (-52.0 + 990.0 * a + h2 * (-1.0 + 55.0 * a + ah2))))
-    ) / 39916800.0
-    c4 = (
-        -561.0 + 945.0 * a + h2 * (-285.0 + 1260.0 * a + h2 * (-33.0 + 378.0 * a + h2 * (-1.0 + 36.0 * a + ah2)))
-    ) / 362880.0
-    c3 = (-57.0 + 105.0 * a + h2 * (-18.0 + 105.0 * a + h2 * (-1.0 + 21.0 * a + ah2))) / 5040.0
-    c2 = (-7.0 + 15.0 * a + h2 * (-1.0 + 10.0 * a + ah2)) / 120.0
-    c1 = (-1.0 + 3.0 * a + ah2) / 6.0
-    return 2.0 * t * (a + w * (c1 + w * (c2 + w * (c3 + w * (c4 + w * (c5 + w * c6))))))
+    coefficients = []
+    for ((p, q), *outer), divisor in _SMALL_T_COEFFICIENTS:
+        nested = p + q * a + ah2
+        for p_out, q_out in outer:
+            nested = p_out + q_out * a + h2 * nested
+        coefficients.append(nested / divisor)
+    w = t * t
+    c1, *higher = coefficients
+    series: FloatArray = higher.pop()
+    while higher:
+        series = higher.pop() + w * series
+    expansion: FloatArray = _TWO * t * (a + w * (c1 + w * series))
+    return expansion
 
 
 class Problem(NamedTuple):
@@ -155,7 +184,7 @@ class Problem(NamedTuple):
 
     @classmethod
     def of(cls, beta: FloatArray, x: FloatArray) -> Problem:
-        return cls(beta, x, np.exp(0.5 * x), np.sinh(-0.5 * x))
+        return cls(beta, x, np.exp(_HALF * x), np.sinh(_MINUS_HALF * x))
 
     def subset(self, at: npt.NDArray[np.intp]) -> Problem:
         return Problem(self.beta[at], self.x[at], self.b_max[at], self.sinh_half[at])
@@ -169,10 +198,10 @@ class Bracket(NamedTuple):
 
 def bracket(s: FloatArray, s_left: FloatArray | float, s_right: FloatArray | float) -> Bracket:
     """A start `s` in its bracket; a guess outside it (or NaN, or 0) is replaced by the midpoint."""
-    left = np.broadcast_to(s_left, s.shape).copy()
-    right = np.broadcast_to(s_right, s.shape).copy()
-    inside = (s >= left) & (s <= right) & (s > 0.0)  # a root on a node is a guess on its end
-    return Bracket(np.where(inside, s, _midpoint(left, right)), left, right)
+    left = filled(s.shape, s_left)
+    right = filled(s.shape, s_right)
+    inside = (s >= left) & (s <= right) & (s > _ZERO)  # a root on a node is a guess on its end
+    return Bracket(s if every(inside) else np.where(inside, s, _midpoint(left, right)), left, right)
 
 
 def _midpoint(s_left: FloatArray, s_right: FloatArray) -> FloatArray:
@@ -184,67 +213,119 @@ class _Step(NamedTuple):
     converged: BoolArray
 
 
-def _householder_step(objective: int, problem: Problem, at: Bracket) -> _Step:
+class _Derivatives(NamedTuple):
+    """One objective g at s, as a Householder step needs it: -g/g', g''/g' and g'''/g'."""
+
+    newton: FloatArray
+    halley: FloatArray
+    hh3: FloatArray
+    unusable: BoolArray  # where b under- or overflowed for this objective: bisect instead
+
+
+class _AtS(NamedTuple):
+    """b at s, and b''/b' and b'''/b', from which every objective's derivatives follow."""
+
+    price: OtmPrice
+    beta: FloatArray
+    b_max: FloatArray
+    halley: FloatArray
+    hh3: FloatArray
+
+
+def _low(at: _AtS) -> _Derivatives:
+    """g = 1/ln b - 1/ln β: nearly linear in s where b vanishes like e^{-x²/2s²}."""
+    b, _, vega = at.price
+    halley = at.halley
+    ln_b = np.log(b)
+    inv_ln_b = _ONE / ln_b
+    ln_beta = np.log(at.beta)
+    elasticity = vega / b
+    newton = (ln_beta - ln_b) * ln_b / ln_beta / elasticity
+    hh3 = at.hh3 + _TWO * elasticity * elasticity * (_ONE + _THREE * inv_ln_b * (_ONE + inv_ln_b))
+    halley_shift = _ONE + _TWO * inv_ln_b
+    hh3 = hh3 - _THREE * halley * elasticity * halley_shift
+    halley = halley - elasticity * halley_shift
+    return _Derivatives(newton, halley, hh3, (b <= _ZERO) | (vega <= _ZERO))
+
+
+def _middle(at: _AtS) -> _Derivatives:
+    """g = b - β."""
+    b, _, vega = at.price
+    return _Derivatives((at.beta - b) / vega, at.halley, at.hh3, vega <= _ZERO)
+
+
+def _high(at: _AtS) -> _Derivatives:
+    """g = ln((b_max - β)/(b_max - b)): nearly linear in s where b saturates."""
+    b, gap, vega = at.price
+    gp = vega / gap
+    newton = -np.log((at.b_max - at.beta) / gap) / gp
+    hh3 = at.hh3 + gp * (2.0 * gp + 3.0 * at.halley)
+    return _Derivatives(newton, at.halley + gp, hh3, (b >= at.b_max) | (vega <= _TINY))
+
+
+_OBJECTIVES: Final = (_low, _middle, _high)  # indexed by LOW, MIDDLE, HIGH
+
+
+def _derivatives(objective: IndexArray, at: _AtS) -> _Derivatives:
+    """Each option's derivatives on its own objective.
+
+    Where a batch mixes objectives, each objective present runs on every option and each
+    option keeps its own's (`lean.pick`): per option, the same arithmetic as on its
+    objective's options alone.
+    """
+    counts = np.bincount(objective, minlength=len(_OBJECTIVES))
+    present = [(kind, derivatives(at)) for kind, derivatives in enumerate(_OBJECTIVES) if counts[kind]]
+    return pick(objective, present)
+
+
+def _householder_step(objective: IndexArray, problem: Problem, at: Bracket) -> _Step:
     beta, x, b_max, sinh_half = problem
     s = at.s
-    b, gap, vega = otm_price(x, s, b_max, sinh_half)
+    price = otm_price(x, s, b_max, sinh_half)
+    b = price.b
     # Narrow the bracket to s on the side it proved. Branch-free: s/True = s, s/False = inf,
     # s·False = 0 <= s_left; np.where on such random masks costs several times more.
     s_right = np.minimum(at.s_right, s / (b > beta))
     s_left = np.maximum(at.s_left, s * (b < beta))
     hs = x / s
-    halley = hs * hs / s - 0.25 * s  # b''/b'
-    hh3 = halley * halley - 3.0 * (hs / s) ** 2 - 0.25  # b'''/b'
-    if objective == LOW:
-        ln_b = np.log(b)
-        inv_ln_b = 1.0 / ln_b
-        ln_beta = np.log(beta)
-        elasticity = vega / b
-        newton = (ln_beta - ln_b) * ln_b / ln_beta / elasticity
-        hh3 += 2.0 * elasticity * elasticity * (1.0 + 3.0 * inv_ln_b * (1.0 + inv_ln_b))
-        hh3 -= 3.0 * halley * elasticity * (1.0 + 2.0 * inv_ln_b)
-        halley -= elasticity * (1.0 + 2.0 * inv_ln_b)
-        unusable = (b <= 0.0) | (vega <= 0.0)
-    elif objective == HIGH:
-        gp = vega / gap
-        newton = -np.log((b_max - beta) / gap) / gp
-        hh3 += gp * (2.0 * gp + 3.0 * halley)
-        halley += gp
-        unusable = (b >= b_max) | (vega <= _TINY)
-    else:
-        newton = (beta - b) / vega
-        unusable = vega <= 0.0
-    ds = newton * (1.0 + 0.5 * halley * newton) / (1.0 + newton * (halley + hh3 * newton / 6.0))
-    ds = np.maximum(-0.5 * s, ds)
+    halley = hs * hs / s - _QUARTER * s  # b''/b'
+    hh3 = halley * halley - _THREE * (hs / s) ** 2 - _QUARTER  # b'''/b'
+    newton, halley, hh3, unusable = _derivatives(objective, _AtS(price, beta, b_max, halley, hh3))
+    ds = newton * (_ONE + _HALF * halley * newton) / (_ONE + newton * (halley + hh3 * newton / _SIX))
+    ds = np.maximum(_MINUS_HALF * s, ds)
     s_new = s + ds
     # Bisect where b under- or overflowed, or where the step would leave the bracket.
     sound = np.isfinite(s_new) & (s_new >= s_left) & (s_new <= s_right) & ~unusable
-    s_new = np.where(sound, s_new, _midpoint(s_left, s_right))
+    if not every(sound):
+        s_new = np.where(sound, s_new, _midpoint(s_left, s_right))
     # Converged: a small Householder step, or a bracket that has closed on the root (which
     # steps cannot enter when it lies within an ulp of where b was last evaluated).
-    small = sound & (np.abs(ds) <= STEP_TOLERANCE * s)
-    return _Step(Bracket(s_new, s_left, s_right), small | (s_right - s_left <= _PINNED * s_new))
+    small = sound & (np.abs(ds) <= _STEP_TOLERANCE * s)
+    return _Step(Bracket(s_new, s_left, s_right), small | (s_right - s_left <= _PINNED_ARRAY * s_new))
 
 
-def iterate(objective: int, problem: Problem, start: Bracket) -> tuple[FloatArray, BoolArray]:
-    """Householder steps from `start`: FULL_BATCH_STEPS on all, then more only where needed.
+def iterate(objective: IndexArray, problem: Problem, start: Bracket) -> tuple[FloatArray, BoolArray]:
+    """Householder steps from `start`, each option on its own objective (LOW, MIDDLE or HIGH):
+    FULL_BATCH_STEPS on all, then more only where needed.
 
-    Returns s and where it converged (a last step of at most STEP_TOLERANCE·s).
+    The objectives step together, so each step evaluates b once for the whole batch, whatever
+    its mix of objectives; each option's arithmetic is still its own objective's alone.
+    Returns s and where it converged (a last step of at most STEP_TOLERANCE·s). Callers hold
+    np.errstate(all="ignore"), like `otm_price`'s.
     """
-    with np.errstate(all="ignore"):
-        at = start
-        for _ in range(FULL_BATCH_STEPS):
-            step = _householder_step(objective, problem, at)
-            at = step.at
-        s, s_left, s_right = at
-        done = step.converged
-        pending = np.flatnonzero(~done)
-        for _ in range(MAX_STEPS - FULL_BATCH_STEPS):
-            if pending.size == 0:
-                break
-            p = pending
-            step = _householder_step(objective, problem.subset(p), Bracket(s[p], s_left[p], s_right[p]))
-            s[p], s_left[p], s_right[p] = step.at
-            done[p] = step.converged
-            pending = p[~step.converged]
-        return s, done
+    at = start
+    for _ in range(FULL_BATCH_STEPS):
+        step = _householder_step(objective, problem, at)
+        at = step.at
+    s, s_left, s_right = at
+    done = step.converged
+    pending = indices(~done)
+    for _ in range(MAX_STEPS - FULL_BATCH_STEPS):
+        if pending.size == 0:
+            break
+        p = pending
+        step = _householder_step(objective[p], problem.subset(p), Bracket(s[p], s_left[p], s_right[p]))
+        s[p], s_left[p], s_right[p] = step.at
+        done[p] = step.converged
+        pending = p[~step.converged]
+    return s, done

@@ -69,13 +69,16 @@ class SurfaceBook:
             chain_time=moment,
         )
         call_ivs, put_ivs = model.calls.values[0].tolist(), model.puts.values[0].tolist()
-        for strike, call_iv, put_iv in zip(chain.strikes.tolist(), call_ivs, put_ivs, strict=True):
-            smile.ivs[strike] = [
-                call_iv if _usable(call_iv) else math.nan,
-                put_iv if _usable(put_iv) else math.nan,
+        # `_usable` inline (the IVs are floats, never None): a call per IV costs as much as the rest.
+        smile.ivs = {
+            strike: [
+                call_iv if 0.0 < call_iv < math.inf else math.nan,
+                put_iv if 0.0 < put_iv < math.inf else math.nan,
                 moment,
                 moment,
             ]
+            for strike, call_iv, put_iv in zip(chain.strikes.tolist(), call_ivs, put_ivs, strict=True)
+        }
         surface.expiries[chain.expiry] = smile
         self._touch(surface, moment, event_time)
         self._prune(surface, chain.timestamp.date())

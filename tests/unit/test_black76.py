@@ -16,12 +16,13 @@ import pickle
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from vollib.black import black as vollib_price
 from vollib.black.greeks import analytical as vollib_greeks
 from vollib.black.implied_volatility import implied_volatility as vollib_iv
 
+from enricher.analytics import black76
 from enricher.analytics.black76 import (
     ABOVE_MAX,
     BAD_INPUT,
@@ -29,11 +30,14 @@ from enricher.analytics.black76 import (
     EXPIRED,
     NO_CONVERGENCE,
     OK,
+    Greeks,
     black76_greeks,
     black76_price,
     implied_vol,
 )
-from enricher.analytics.normal import erfc, ndtr
+from enricher.analytics.lean import constants, every, filled, indices, pick, some
+from enricher.analytics.normal import erfc, erfcx_nonnegative, ndtr
+from enricher.analytics.normalised_black import _small_t_expansion
 
 F = 100.0
 MONEYNESS = np.linspace(-1.0, 1.0, 21)
@@ -41,7 +45,11 @@ EXPIRIES = (1 / 365, 7 / 365, 30 / 365, 0.25, 1.0, 2.0)
 VOLS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 RATES = (0.0, 0.05)
 MIN_ELASTICITY = 1e-4
+SQRT1_2 = 0.70710678118654752440084436210484903928483593768847
 STATUSES = {OK, BELOW_INTRINSIC, ABOVE_MAX, EXPIRED, BAD_INPUT, NO_CONVERGENCE}
+
+# Big generated inputs: on a loaded machine hypothesis would call their generation too slow.
+SLOW_DATA = [HealthCheck.too_slow, HealthCheck.data_too_large]
 
 
 def _grid() -> dict[str, np.ndarray]:
@@ -141,8 +149,9 @@ def test_greeks_from_the_implied_vol_match_vollibs_from_its_own() -> None:
 def test_normal_cdf_matches_math_erfc_from_minus_38_to_8() -> None:
     z = np.linspace(-38.0, 8.0, 20_001)
     ours = ndtr(z)
-    # The same argument as ndtr's, so only the two erfc implementations differ.
-    reference = np.array([0.5 * math.erfc(v * -0.7071067811865476) for v in z])
+    assert _same(ours, np.array([0.5 * math.erfc(v * -SQRT1_2) for v in z]))  # ndtr is the C library's
+    # Cody's erfc, the solver's, on the same argument: only the two erfc implementations differ.
+    reference = 0.5 * erfc(z * -SQRT1_2)
     normal = reference >= np.finfo(np.float64).tiny
     assert np.max(np.abs(ours[normal] / reference[normal] - 1.0)) <= 2e-15
     assert np.max(np.abs(ours[~normal] - reference[~normal])) <= 1e-321  # denormals: a few ulps
@@ -180,7 +189,7 @@ def test_shapes_scalars_and_pickling() -> None:
 _any_float = st.floats(allow_nan=True, allow_infinity=True, width=64)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, suppress_health_check=SLOW_DATA)
 @given(
     st.lists(
         st.tuples(_any_float, _any_float, _any_float, _any_float, st.booleans(), _any_float),
@@ -259,3 +268,147 @@ def test_deep_otm_and_itm_keep_their_digits(sigma: float) -> None:
     assert status[0] == OK
     assert abs(iv[0] / sigma - 1.0) < 1e-13
     assert status[1] == OK  # deep ITM: the time value is below rounding, any IV will do
+
+
+# The solver's shortcuts for the usual batch (one Householder objective, one branch of the
+# guess, every option solvable, every b in the small-t form, one chunk) and its splits for
+# the others must give each option the same bits, whatever else is in its batch: the model
+# relies on it, so that a chain gets the same answers inline and in a pooled batch.
+
+
+def _mixed_batch(n: int, seed: int) -> tuple[np.ndarray, ...]:
+    """Options in every region of the solver, with junk, prices on both sides of the bounds."""
+    rng = np.random.default_rng(seed)
+    t = np.exp(rng.uniform(math.log(1 / (365 * 24 * 4)), math.log(5.0), n))
+    vol = np.exp(rng.uniform(math.log(0.01), math.log(4.0), n))
+    x = rng.uniform(-3.0, 3.0, n) * rng.choice([1.0, 0.01, 1e-6, 1e-13, 0.0], n)
+    k = F * np.exp(-x)
+    call = rng.random(n) < 0.5
+    r = np.where(rng.random(n) < 0.5, 0.0, 0.05)
+    price = black76_price(F, k, t, vol, call, r=r) * rng.choice([1.0, 1.0, 1.0, 1 + 1e-9, 1 - 1e-9, 0.5, 2.0], n)
+    junk = rng.random(n) < 0.05
+    price = np.where(junk, rng.choice([np.nan, -1.0, 0.0, np.inf, 1e300], n), price)
+    t = np.where(rng.random(n) < 0.02, rng.choice([0.0, -1.0, np.nan], n), t)
+    return k, t, price, call, r
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b, equal_nan=True)
+
+
+def test_a_batch_solves_each_option_as_it_would_alone() -> None:
+    k, t, price, call, r = _mixed_batch(1500, seed=3)
+    iv, status = implied_vol(F, k, t, price, call, r=r)
+    assert {OK, BELOW_INTRINSIC, ABOVE_MAX, EXPIRED, BAD_INPUT} <= set(status.tolist())
+    for i in range(k.size):
+        alone = implied_vol(F, k[i : i + 1], t[i : i + 1], price[i : i + 1], call[i : i + 1], r=r[i : i + 1])
+        assert _same(alone.iv, iv[i : i + 1]), i
+        assert _same(alone.status, status[i : i + 1]), i
+    for size in (7, 42, 500):  # and as part of any other batch
+        parts = [
+            implied_vol(F, k[j : j + size], t[j : j + size], price[j : j + size], call[j : j + size], r=r[j : j + size])
+            for j in range(0, k.size, size)
+        ]
+        assert _same(np.concatenate([p.iv for p in parts]), iv)
+        assert _same(np.concatenate([p.status for p in parts]), status)
+
+
+def test_chunks_give_the_same_bits_as_one_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    k, t, price, call, r = (a.reshape(25, 40) for a in _mixed_batch(1000, seed=4))
+    iv = implied_vol(F, k, t, price, call, r=r)
+    value = black76_price(F, k, t, iv.iv, call, r=r)
+    greeks = black76_greeks(F, k, t, iv.iv, call, r=r)
+    monkeypatch.setattr(black76, "CHUNK", 7)
+    again = implied_vol(F, k, t, price, call, r=r)
+    assert _same(again.iv, iv.iv)
+    assert _same(again.status, iv.status)
+    assert _same(black76_price(F, k, t, iv.iv, call, r=r), value)
+    assert all(_same(a, b) for a, b in zip(black76_greeks(F, k, t, iv.iv, call, r=r), greeks, strict=True))
+    assert iv.iv.shape == value.shape == greeks.delta.shape == (25, 40)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=SLOW_DATA)
+@given(
+    st.lists(
+        st.tuples(_any_float, _any_float, _any_float, _any_float, st.booleans(), _any_float),
+        min_size=2,
+        max_size=40,
+    )
+)
+def test_any_batch_solves_each_option_as_it_would_alone(
+    rows: list[tuple[float, float, float, float, bool, float]],
+) -> None:
+    f, k, t, p, call, r = (np.array(c) for c in zip(*rows, strict=True))
+    iv, status = implied_vol(f, k, t, p, call, r=r)
+    for i, row in enumerate(rows):
+        alone = implied_vol(*(np.array([v]) for v in row[:5]), r=np.array([row[5]]))
+        assert _same(alone.iv, iv[i : i + 1])
+        assert _same(alone.status, status[i : i + 1])
+
+
+def test_empty_batches() -> None:
+    empty = np.array([])
+    iv, status = implied_vol(F, empty, 0.5, empty, True)
+    assert iv.shape == status.shape == (0,)
+    assert black76_price(F, empty, 0.5, empty, True).shape == (0,)
+    assert all(g.shape == (0,) for g in black76_greeks(F, empty, 0.5, empty, True))
+
+
+def _jaeckel_small_t_expansion(h: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """LetsBeRational's small_t_expansion_of_normalized_black, nested by hand as Jäckel writes it."""
+    a = 1.0 + h * 1.25331413731550025120788264240552262650349337030497 * erfcx_nonnegative(h * -SQRT1_2)
+    w, h2 = t * t, h * h
+    ah2 = a * h2
+    c6 = (
+        -89055.0
+        + 135135.0 * a
+        + h2
+        * (
+            -82845.0
+            + 270270.0 * a
+            + h2
+            * (
+                -20370.0
+                + 135135.0 * a
+                + h2 * (-1926.0 + 25740.0 * a + h2 * (-75.0 + 2145.0 * a + h2 * (-1.0 + 78.0 * a + ah2)))
+            )
+        )
+    ) / 6227020800.0
+    c5 = (
+        -6555.0
+        + 10395.0 * a
+        + h2
+        * (-4680.0 + 17325.0 * a + h2 * (-840.0 + 6930.0 * a + h2 * (-52.0 + 990.0 * a + h2 * (-1.0 + 55.0 * a + ah2))))
+    ) / 39916800.0
+    c4 = (
+        -561.0 + 945.0 * a + h2 * (-285.0 + 1260.0 * a + h2 * (-33.0 + 378.0 * a + h2 * (-1.0 + 36.0 * a + ah2)))
+    ) / 362880.0
+    c3 = (-57.0 + 105.0 * a + h2 * (-18.0 + 105.0 * a + h2 * (-1.0 + 21.0 * a + ah2))) / 5040.0
+    c2 = (-7.0 + 15.0 * a + h2 * (-1.0 + 10.0 * a + ah2)) / 120.0
+    c1 = (-1.0 + 3.0 * a + ah2) / 6.0
+    expansion: np.ndarray = 2.0 * t * (a + w * (c1 + w * (c2 + w * (c3 + w * (c4 + w * (c5 + w * c6))))))
+    return expansion
+
+
+def test_small_t_expansion_is_jaeckels_to_the_bit() -> None:
+    rng = np.random.default_rng(5)
+    h = -rng.uniform(0.0, 10.0, 5000) * rng.choice([1.0, 1e-3, 1e-9], 5000)
+    t = rng.uniform(0.0, 0.21, 5000) * rng.choice([1.0, 1e-3, 1e-9], 5000)
+    assert _same(_small_t_expansion(h, t), _jaeckel_small_t_expansion(h, t))
+
+
+def test_lean_spellings_match_numpys() -> None:
+    rng = np.random.default_rng(6)
+    for mask in (rng.random(50) < 0.5, np.ones(50, dtype=bool), np.zeros(50, dtype=bool), np.ones(0, dtype=bool)):
+        assert every(mask) == bool(mask.all())
+        assert some(mask) == bool(mask.any())
+        assert _same(indices(mask), np.flatnonzero(mask))
+    assert _same(filled((2, 3), np.array(1.5)), np.full((2, 3), 1.5))
+    [half] = constants(0.5)
+    assert half.shape == ()
+    assert not half.flags.writeable
+    kinds = rng.integers(0, 3, 50)
+    columns = [(kind, Greeks(*(np.full(50, 10.0 * kind + j) for j in range(4)))) for kind in range(3)]
+    picked = pick(kinds, columns)
+    assert isinstance(picked, Greeks)
+    assert _same(picked.vega, 10.0 * kinds + 2.0)

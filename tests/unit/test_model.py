@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import math
 import pickle
 from collections.abc import Sequence
@@ -10,7 +11,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from enricher.analytics.black76 import black76_greeks, black76_price
@@ -26,6 +27,9 @@ NOW = datetime(2025, 1, 20, 4, 0, tzinfo=UTC)  # a Monday; NSE closes at 10:00 U
 EXPIRY = "2025-01-23"
 CONFIG = ModelConfig()
 NSE = ("NIFTY", "BANKNIFTY", "FINNIFTY", "SENSEX")
+
+# Big generated inputs: on a loaded machine hypothesis would call their generation too slow.
+SLOW_DATA = [HealthCheck.too_slow, HealthCheck.data_too_large]
 
 
 def make_chain(
@@ -366,11 +370,26 @@ def arbitrary_chains(draw: st.DrawFn) -> tuple[Chain, ChainSnapshot | None]:
     return chain, previous
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, suppress_health_check=SLOW_DATA)
 @given(arbitrary_chains(), st.floats(-0.2, 0.2), st.sampled_from([1, -1]))
 def test_no_nan_or_inf_ever(item: tuple[Chain, ChainSnapshot | None], r: float, sign: int) -> None:
     chain, previous = item
     assert_model_plain(chain, ModelConfig(r=r, gex_sign=sign), previous)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=SLOW_DATA)
+@given(st.lists(arbitrary_chains(), min_size=2, max_size=4), st.floats(-0.2, 0.2))
+def test_any_batch_models_each_chain_as_it_would_alone(
+    items: list[tuple[Chain, ChainSnapshot | None]], r: float
+) -> None:
+    # What the pool gets in a batch, the event loop gets one at a time: the same answers, to the bit.
+    config = ModelConfig(r=r)
+    for (chain, previous), (model, snapshot) in zip(items, model_chains(items, config), strict=True):
+        alone, alone_snapshot = model_chain(chain, config, previous)
+        assert orjson.dumps(alone.to_json()) == orjson.dumps(model.to_json())
+        assert orjson.dumps(alone.call_models()) == orjson.dumps(model.call_models())
+        assert orjson.dumps(alone.put_models()) == orjson.dumps(model.put_models())
+        assert np.array_equal(alone_snapshot.call_price, snapshot.call_price, equal_nan=True)
 
 
 @settings(max_examples=100, deadline=None)
@@ -424,6 +443,16 @@ def test_iv_increases_with_price(strike: float, p1: float, p2: float, is_call: b
 )
 def test_buildup_classification(price_change: float, oi_change: float, expected: int) -> None:
     assert classify_buildup(np.array([price_change]), np.array([oi_change])).tolist() == [expected]
+
+
+def test_buildup_classification_for_every_sign() -> None:
+    values = [1.0, -1.0, 0.0, -0.0, NAN, math.inf, -math.inf]
+    price_change, oi_change = np.array(list(itertools.product(values, values))).T
+    up, down, more, less = price_change > 0, price_change < 0, oi_change > 0, oi_change < 0
+    expected = np.select([up & more, down & more, up & less, down & less], [1, 2, 3, 4], 0)
+    codes = classify_buildup(price_change, oi_change)
+    assert codes.dtype == np.uint8
+    assert codes.tolist() == expected.tolist()
 
 
 def test_oi_change_against_the_previous_snapshot() -> None:
