@@ -305,15 +305,27 @@ async def _drained(queue: ChannelQueue) -> None:
 
 
 async def _bounded(step: str, awaitable: Awaitable[T], timeout: float) -> T | None:
-    """Await one shutdown step; past `timeout` log it by name and move on."""
+    """Await one shutdown step; past `timeout` cancel it, log it by name and move on.
+
+    Not `asyncio.wait_for`: that waits for the cancelled step to finish, and a step that
+    swallows its cancel (redis-py can) would hold up every step after it for good.
+    """
+    work = asyncio.ensure_future(awaitable)
     try:
-        return await asyncio.wait_for(awaitable, timeout)
-    except TimeoutError:
-        log.error("shutdown_step_timed_out", step=step, timeout_s=round(timeout, 3))
+        await asyncio.wait({work}, timeout=timeout)
     except asyncio.CancelledError:
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            raise  # we are being cancelled ourselves, not just the step
+        work.cancel()
+        raise  # we are being cancelled ourselves
+    if not work.done():
+        work.cancel()
+        log.error("shutdown_step_timed_out", step=step, timeout_s=round(timeout, 3))
+        await asyncio.wait({work}, timeout=1.0)  # a moment to unwind, no more
+        work.add_done_callback(_retrieve)
+        return None
+    try:
+        return work.result()
+    except asyncio.CancelledError:
+        return None  # the step was cancelled, not us
     except Exception as exc:  # a failed step must not stop the others (e.g. the source's last error)
         log.error("shutdown_step_failed", step=step, error=redact_text(repr(exc))[:300])
     return None

@@ -23,6 +23,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from enricher.backoff import Backoff
+from enricher.errors import honour_cancel
 from enricher.intake import next_batch
 from enricher.metrics import Metrics
 from enricher.partitions import stream_for
@@ -97,6 +98,7 @@ class Bridge:
                     await self._writer.write([(raw.channel, raw.data) for raw in batch])
                     break
                 except (RedisError, OSError) as exc:  # Redis away: the subscription is down too
+                    honour_cancel()
                     log.warning("bridge_write_failed", error=redact_text(str(exc))[:200], batch=len(batch))
                     await asyncio.sleep(backoff.next_delay())
             backoff.reset()

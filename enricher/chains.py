@@ -57,8 +57,9 @@ _GDF: Final = itemgetter("instrument", "price", "volume", "oi", "bid", "ask", *G
 # What a malformed row makes zip, map, min or sum raise; the fast path only gives up.
 _GIVE_UP: Final = (KeyError, TypeError, ValueError, OverflowError)
 
-# (open interest, volume, last, iv as a fraction) of one side, aligned on the sorted strikes
-Side = tuple[Sequence[float], Sequence[float], Sequence[float], Sequence[float]]
+# (open interest, volume, last, iv as a fraction, bid, ask) of one side, aligned on the sorted
+# strikes; bid and ask are NaN where a row has none (the model reads them: analytics/model.py)
+Side = tuple[Sequence[float], ...]
 
 
 def parse_chain(doc: Json, feed_tz: tzinfo, max_strikes: int) -> Chain:
@@ -122,7 +123,7 @@ def parse_chain(doc: Json, feed_tz: tzinfo, max_strikes: int) -> Chain:
         doc["strikes"] = values
 
     # One conversion instead of nine; the rows of a C-ordered table are contiguous.
-    table = np.array((order, *_interleave(call_side, put_side)), dtype=np.float64)
+    table = np.array((order, *_interleave(call_side, put_side), *call_side[4:], *put_side[4:]), dtype=np.float64)
     # The views share one table with every holder of the record: keep them frozen too.
     table.flags.writeable = False
     return Chain(
@@ -140,7 +141,13 @@ def parse_chain(doc: Json, feed_tz: tzinfo, max_strikes: int) -> Chain:
         call_iv=table[7],
         put_iv=table[8],
         doc=doc,
+        book=table[9:13],
     )
+
+
+def _quoted(row: Json, key: str) -> float:
+    value = row.get(key)
+    return float(value) if isinstance(value, int | float) else nan
 
 
 def _interleave(calls: Side, puts: Side) -> tuple[Sequence[float], ...]:
@@ -193,7 +200,7 @@ def _fast_synthetic_side(
             and symbols == _row_symbols(prefix, strikes, order)
             and _valid_stamps(rows, stamp, feed_tz)
         )
-        placed = _place(strikes, order, (ois, volumes, lasts, greeks[-1])) if valid else None
+        placed = _place(strikes, order, (ois, volumes, lasts, greeks[-1], bids, asks)) if valid else None
     except _GIVE_UP:
         return None
     return None if placed is None else (expiry, placed)
@@ -224,7 +231,7 @@ def _fast_gdf_side(
             and _valid_stamps(rows, stamp, feed_tz)
         )
         ivs = [iv / 100.0 for iv in greeks[-1]] if valid else []
-        placed = _place(strikes, order, (ois, volumes, lasts, ivs)) if valid else None
+        placed = _place(strikes, order, (ois, volumes, lasts, ivs, bids, asks)) if valid else None
     except _GIVE_UP:
         return None
     if placed is None:
@@ -244,9 +251,9 @@ def _fast_gdf_side(
     return expiry, placed
 
 
-def _no_rows(n: int) -> tuple[list[float], list[float], list[float], list[float]]:
-    """Columns for a side with no rows: OI and volume 0, last and IV unknown."""
-    return [0.0] * n, [0.0] * n, [nan] * n, [nan] * n
+def _no_rows(n: int) -> tuple[list[float], ...]:
+    """Columns for a side with no rows: OI and volume 0, last, IV, bid and ask unknown."""
+    return [0.0] * n, [0.0] * n, [nan] * n, [nan] * n, [nan] * n, [nan] * n
 
 
 def _row_symbols(prefix: str, strikes: tuple[Any, ...], order: tuple[float, ...]) -> tuple[str, ...]:
@@ -288,7 +295,7 @@ def _checked_sides(
     check = gdf_row if gdf else synthetic_row
     sides: list[Side] = []
     for name, side, rows in (("calls", "CALL", calls), ("puts", "PUT", puts)):
-        oi_column, volume_column, last_column, iv_column = _no_rows(len(order))
+        oi_column, volume_column, last_column, iv_column, bid_column, ask_column = _no_rows(len(order))
         filled: set[int] = set()
         for i, row in enumerate(rows):
             if type(row) is not dict:
@@ -312,5 +319,8 @@ def _checked_sides(
             iv = fields[10]
             if iv is not None:
                 iv_column[slot] = iv
-        sides.append((oi_column, volume_column, last_column, iv_column))
+            # As the row holds them, not as checked: a GDF row's missing bid is 0 to the
+            # check, but no bid (NaN) to the model.
+            bid_column[slot], ask_column[slot] = _quoted(row, "bid"), _quoted(row, "ask")
+        sides.append((oi_column, volume_column, last_column, iv_column, bid_column, ask_column))
     return expiry, sides[0], sides[1]

@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from enricher import __version__
+from enricher.errors import honour_cancel
 from enricher.metrics import Metrics
 from enricher.records import CHANNELS
 from enricher.source import Receipt
@@ -181,15 +182,12 @@ class DeadLetters:
         return len(self._pending)
 
     async def run(self, retry_delay: float = 0.5) -> None:
-        task = asyncio.current_task()
         while True:
             await self._wake.wait()
             self._wake.clear()
             while self._pending:
                 written = await self.write_pending()
-                if task is not None and task.cancelling():
-                    # redis-py's pipeline can swallow a cancel; honour it here instead.
-                    raise asyncio.CancelledError
+                honour_cancel()  # redis-py's pipeline can swallow a cancel
                 if not written:
                     await asyncio.sleep(retry_delay)
 

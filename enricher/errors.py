@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from concurrent.futures.process import BrokenProcessPool
 
 from pymongo.errors import ConnectionFailure, ExecutionTimeout, PyMongoError, WTimeoutError
@@ -18,6 +19,14 @@ TRANSIENT = (
     ConnectionError,
     TimeoutError,
 )
+
+
+def honour_cancel() -> None:
+    """Call in an `except` for Redis errors inside a loop: redis-py can turn a cancellation into
+    a connection error, and a loop that goes on after it can never be stopped."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def is_transient(exc: BaseException) -> bool:

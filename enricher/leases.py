@@ -27,6 +27,7 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from enricher.errors import honour_cancel
 from enricher.redact import redact_text
 
 log = structlog.get_logger("enricher.leases")
@@ -117,6 +118,9 @@ async def keep_alive(leases: Leases, interval: float, changed: asyncio.Event) ->
             await leases.round()
         except (RedisError, OSError) as exc:
             log.warning("lease_round_failed", error=redact_text(str(exc))[:200])
+        # After every round, not only a failed one: redis-py has been seen to swallow a
+        # cancel and return, and a loop that goes on keeps a stopped instance a member.
+        honour_cancel()
         if (leases.held, leases.wanted) != before:
             changed.set()
         await asyncio.sleep(interval)

@@ -94,6 +94,9 @@ class Chain:
     call_iv: FloatArray  # the feed's own IVs, as fractions
     put_iv: FloatArray
     doc: Json  # normalised chain: every input field (calls and puts included)
+    # (call bid, call ask, put bid, put ask) on the strikes, NaN where missing: what the model
+    # prices from. The parser fills it; None (e.g. a chain built by hand) makes the model read doc.
+    book: FloatArray | None = field(default=None, repr=False, compare=False)
 
     stamp: str = field(init=False, repr=False, compare=False)  # utc_iso(timestamp), computed once
     identity: str = field(init=False, repr=False, compare=False)  # what makes two deliveries one message

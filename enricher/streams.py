@@ -34,6 +34,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from enricher.backoff import Backoff
+from enricher.errors import honour_cancel
 from enricher.leases import Leases, keep_alive
 from enricher.metrics import Metrics
 from enricher.partitions import streams_of
@@ -104,7 +105,9 @@ class StreamAcks:
             await self._wake.wait()
             await asyncio.sleep(self._linger)  # a few batches' acks in one round trip
             self._wake.clear()
-            if await self.flush():
+            flushed = await self.flush()
+            honour_cancel()  # redis-py can swallow a cancel (leases.keep_alive)
+            if flushed:
                 backoff.reset()
             else:
                 await asyncio.sleep(backoff.next_delay())
@@ -123,6 +126,7 @@ class StreamAcks:
         except (RedisError, OSError) as exc:
             for stream, entries in batch.items():
                 self._acks[stream][:0] = entries
+            honour_cancel()
             log.warning("stream_ack_failed", error=redact_text(str(exc))[:200], waiting=self.waiting)
             return False
         self._metrics.event("stream_acked", sum(len(entries) for entries in batch.values()))
@@ -171,7 +175,8 @@ class StreamSource:
         """Send the last acknowledgements, give the leases back, leave the group's membership."""
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=2.0)  # not gather: a swallowed cancel must not hang us
         try:
             if not await self.acks.flush():
                 log.error("stream_acks_lost_at_exit", count=self.acks.waiting, note="those entries will be redelivered")
@@ -192,6 +197,7 @@ class StreamSource:
                     yield message
                 return
             except (RedisError, OSError) as exc:
+                honour_cancel()
                 self.ready.clear()
                 self._metrics.event("redis_reconnects")
                 delay = backoff.next_delay()
@@ -310,6 +316,7 @@ class StreamSource:
                         await self._trim_stream(stream)
                     except (RedisError, OSError) as exc:
                         log.warning("stream_trim_failed", stream=stream, error=redact_text(str(exc))[:200])
+                    honour_cancel()  # redis-py can swallow a cancel (leases.keep_alive)
 
     async def _trim_stream(self, stream: str) -> None:
         """XTRIM MINID below the oldest entry our group has not acknowledged: acknowledged entries go."""
@@ -318,8 +325,10 @@ class StreamSource:
         if ours is None:
             return
         if int(_get(ours, "pending")):
-            summary = await self._redis.xpending(stream, self._group)
-            keep_from = _text(summary["min"])
+            oldest = (await self._redis.xpending(stream, self._group))["min"]
+            if oldest is None:  # acknowledged since XINFO: next round
+                return
+            keep_from = _text(oldest)
         else:
             keep_from = _after(_text(_get(ours, "last-delivered-id")))
         trimmed = await self._redis.xtrim(stream, minid=keep_from, approximate=False)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import gc
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 from pymongo import AsyncMongoClient
@@ -27,19 +25,6 @@ from enricher.settings import Settings
 MakeSettings = Callable[..., Settings]
 DEAD_REDIS = "redis://127.0.0.1:1/0"
 DEAD_MONGO = "mongodb://127.0.0.1:1"
-
-
-@pytest.fixture
-def mongo_connect_leak() -> Iterator[None]:
-    """PyMongo 4.20 leaks a socket when closing the client cancels a connect in progress.
-
-    Fixed upstream (PYTHON-5867, mongo-python-driver#2858). The socket is unreachable but only
-    freed by the cycle collector, in whichever later test it runs: collect it here, quietly.
-    """
-    yield
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ResourceWarning)
-        gc.collect()
 
 
 async def test_every_check_passes_against_the_test_servers(

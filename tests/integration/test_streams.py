@@ -22,6 +22,9 @@ from enricher.store import CHAINS, QUOTES, TICKS
 from enricher.streams import StreamSource
 from tests.conftest import wait_for
 
+# Several apps start and stop here; PyMongo's socket leak at close (conftest) shows up.
+pytestmark = pytest.mark.usefixtures("mongo_connect_leak")
+
 PARTITIONS = 4
 STREAMS: dict[str, Any] = {
     "source": "streams",
@@ -143,6 +146,9 @@ async def test_bad_input_is_dead_lettered_then_acknowledged(
     await writer_for(redis, app.settings).write([(UNDERLYING, b"{not json"), (OPTION_QUOTE, b'{"product": "NIFTY"}')])
     await wait_for(lambda: _dlq_length(redis, 2), 10, "two dead letters")
     await wait_for(lambda: _zero(redis, app.settings), 10, "both acknowledged")
+    await app.stop()
+    left = [t.get_name() for t in asyncio.all_tasks() if t.get_name() in ("leases", "stream_acks", "stream_trim")]
+    assert left == []  # a stopped instance must not stay a member (and trim others' streams)
 
 
 async def _dlq_length(redis: Redis, length: int) -> bool:
@@ -159,8 +165,18 @@ async def test_two_instances_split_the_partitions_and_one_takes_over_from_the_ot
     monkeypatch.setattr(StreamSource, "trim_every", 0.05)
     a = Enricher(make_settings(**STREAMS, consumer="a"))
     b = Enricher(make_settings(**STREAMS, consumer="b"))
-    await a.start()
-    await b.start()
+    try:
+        await a.start()
+        await b.start()
+        await _split_then_take_over(a, b, redis, mongo, db_name)
+    finally:
+        await b.stop()
+        await a.stop()
+
+
+async def _split_then_take_over(
+    a: Enricher, b: Enricher, redis: Redis, mongo: AsyncMongoClient[dict[str, Any]], db_name: str
+) -> None:
     sources = [app.source for app in (a, b)]
     assert all(isinstance(source, StreamSource) for source in sources)
 
@@ -178,20 +194,17 @@ async def test_two_instances_split_the_partitions_and_one_takes_over_from_the_ot
     await wait_for(lambda: len(source_a.reading) == PARTITIONS, 15, "a holds every partition")
     second = first + burst(200, 200, 8, seed=8)
     await writer_for(redis, a.settings).write(second[len(first) :])
-    try:
-        await wait_for(lambda: all_stored(mongo, db_name, second), 30, "the second half stored")
-        await wait_for(lambda: _zero(redis, a.settings), 10, "all acked")
+    await wait_for(lambda: all_stored(mongo, db_name, second), 30, "the second half stored")
+    await wait_for(lambda: _zero(redis, a.settings), 10, "all acked")
 
-        async def b_forgotten() -> bool:
-            for stream in all_streams(a.settings):
-                consumers = await redis.xinfo_consumers(stream, a.settings.stream_group)
-                if any(c["name"] in (b"b", "b") for c in consumers):
-                    return False
-            return True
+    async def b_forgotten() -> bool:
+        for stream in all_streams(a.settings):
+            consumers = await redis.xinfo_consumers(stream, a.settings.stream_group)
+            if any(c["name"] in (b"b", "b") for c in consumers):
+                return False
+        return True
 
-        await wait_for(b_forgotten, 15, "the stopped consumer removed from the group")
-    finally:
-        await a.stop()
+    await wait_for(b_forgotten, 15, "the stopped consumer removed from the group")
 
 
 async def test_acknowledged_entries_are_trimmed(

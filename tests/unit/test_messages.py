@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -19,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from enricher import chains, messages
+from enricher.analytics.model import book
 from enricher.messages import REASONS, parse
 from enricher.records import (
     OPTION_CHAIN,
@@ -283,6 +285,29 @@ def test_missing_rows_have_zero_oi_and_nan_prices(name: str) -> None:
     assert math.isnan(chain.put_last[5])
     assert math.isnan(chain.put_iv[20])
     assert not math.isnan(chain.put_last[4])
+
+
+def _book_from_rows(chain: Chain) -> np.ndarray:
+    """What the model reads from the rows themselves when a chain has no parsed book."""
+    return np.array(book(dataclasses.replace(chain, book=None)))
+
+
+@pytest.mark.parametrize("name", ["synthetic_option_chain", "gdf_option_chain"])
+@pytest.mark.parametrize("change", ["none", "shuffled", "missing_rows", "slow_path"])
+def test_the_parsed_book_is_what_the_rows_quote(name: str, change: str) -> None:
+    doc = shuffled_chain(name, 1) if change == "shuffled" else load(name)
+    if change == "missing_rows":
+        del doc["calls"][3], doc["puts"][0]
+    if change == "slow_path" and name.startswith("gdf"):
+        doc["calls"][2]["bid"] = None  # 0 to the row-by-row check, but no bid to the model
+        del doc["puts"][4]["ask"]
+    elif change == "slow_path":
+        del doc["calls"][2]["delta"]  # optional, but the fast path wants every field
+    chain = parse_doc(OPTION_CHAIN, doc)
+    assert isinstance(chain, Chain)
+    assert chain.book is not None
+    assert chain.book.shape == (4, chain.strikes.size)
+    assert np.array_equal(chain.book, _book_from_rows(chain), equal_nan=True)
 
 
 def test_a_chain_with_no_rows() -> None:
@@ -758,6 +783,7 @@ def same_arrays(a: Chain, b: Chain) -> bool:
         "put_last",
         "call_iv",
         "put_iv",
+        "book",
     )
     return all(np.array_equal(getattr(a, n), getattr(b, n), equal_nan=True) for n in names)
 
