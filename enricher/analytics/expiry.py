@@ -321,9 +321,10 @@ def oi_change(x: ExpiryInputs, previous: ChainSnapshot | None) -> tuple[FloatArr
     call_oi, put_oi, call_price, put_price = before
     d_call = x.chain.call_oi - call_oi
     d_put = x.chain.put_oi - put_oi
-    call_move = x.calls.price - call_price
-    put_move = x.puts.price - put_price
-    return d_call, d_put, classify_buildup(call_move, d_call), classify_buildup(put_move, d_put)
+    # Both sides in one classification: half the numpy calls on a chain's worth of strikes.
+    moves = np.concatenate((x.calls.price - call_price, x.puts.price - put_price))
+    codes = classify_buildup(moves, np.concatenate((d_call, d_put)))
+    return d_call, d_put, codes[:n], codes[n:]
 
 
 def gex_flip_strike(strikes: FloatArray, net: FloatArray) -> float | None:
