@@ -91,6 +91,22 @@ def analytics(chain: Chain, config: ModelConfig, previous: ChainSnapshot, surfac
     surfaces.apply_model(chain, model, chain.doc["timestamp"])
 
 
+def chain_pair(feed: SyntheticFeed, config: ModelConfig, strikes: int) -> tuple[Chain, ChainSnapshot]:
+    """A chain and the snapshot of the one before it, of the same product and expiry."""
+    [before] = make_chains(feed, 1, strikes)
+    chain = parse(*feed.chain(before.product, before.expiry, strikes=strikes)[0], feed_tz=UTC)
+    assert isinstance(chain, Chain)
+    return chain, model_chain(before, config, None)[1]
+
+
+def inline_us(strikes: int, runs: int, seed: int = 1) -> float:
+    """Median microseconds of one chain's full analytics inline, its surface update included."""
+    config = ModelConfig()
+    feed = SyntheticFeed(seed=seed, start=START, step=timedelta(milliseconds=50))
+    chain, previous = chain_pair(feed, config, strikes)
+    return median_seconds(runs, partial(analytics, chain, config, previous, SurfaceBook())) * 1e6
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="bench.model", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -106,10 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"inline, one chain against its previous snapshot, with its surface update (median of {args.runs}):")
     inline: dict[int, float] = {}
     for strikes in (21, 200):
-        [before] = make_chains(feed, 1, strikes)
-        chain = parse(*feed.chain(before.product, before.expiry, strikes=strikes)[0], feed_tz=UTC)
-        assert isinstance(chain, Chain)
-        previous = model_chain(before, config, None)[1]
+        chain, previous = chain_pair(feed, config, strikes)
         run = partial(analytics, chain, config, previous, SurfaceBook())
         inline[strikes] = median_seconds(args.runs, run) * 1e6
         model = median_seconds(args.runs, partial(model_chain, chain, config, previous)) * 1e6
