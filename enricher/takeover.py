@@ -9,12 +9,14 @@ that names a product, the pipeline loads what the cache holds for it:
 - the spot, from `latest:underlying:{product}`;
 - the open 1/5/15-minute candles, from `ohlc:{product}:{w}m` (their open and close times
   are not kept there, so a tick that arrives late for them moves nothing);
-- the latest chain of every expiry, from `latest:chain:{product}:*`: it is modelled again to
-  give the OI snapshot, the forward and that expiry's smile on the surface.
+- the latest chain of every expiry on its surface (`volatility_surface:{product}` lists them;
+  no SCAN, which would walk every key in Redis), from `latest:chain:{product}:{expiry}`: it is
+  modelled again to give the OI snapshot, the forward and that expiry's smile on the surface.
 
 What stays approximate: ticks that arrived between the last cached write and the takeover
 are in the candles only if they were processed before; quotes alone do not move the
-surface until a chain of their expiry arrives (the cached surface is not reloaded).
+surface until a chain of their expiry arrives (the cached surface is not reloaded); an
+expiry whose chain gave no usable IV is not on the surface, so its OI snapshot is not restored.
 """
 
 from __future__ import annotations
@@ -45,19 +47,22 @@ class Memory:
 
 
 async def recall(redis: Redis, product: str) -> Memory:
-    """What Redis holds for `product`: two round trips and a SCAN over its chain keys."""
+    """What Redis holds for `product`, in two round trips."""
     async with redis.pipeline(transaction=False) as pipe:
         pipe.get(keys.underlying_key(product))
+        pipe.get(keys.surface_key(product))
         for window in CANDLE_WINDOWS:
             pipe.get(keys.ohlc_key(product, window))
-        underlying, *candles = await pipe.execute()
+        underlying, surface, *candles = await pipe.execute()
     memory = Memory()
     if underlying:
         price = _json(underlying).get("price")
         if isinstance(price, int | float):
             memory.spot = float(price)
     memory.candles = [doc for doc in map(_json, filter(None, candles)) if doc]
-    chain_keys = [key async for key in redis.scan_iter(match=keys.chain_key(product, "*"), count=500)]
+    listed = _json(surface).get("expiries") if surface else None
+    expiries = [e.get("expiry") for e in listed if isinstance(e, dict)] if isinstance(listed, list) else []
+    chain_keys = [keys.chain_key(product, expiry) for expiry in expiries if isinstance(expiry, str)]
     if chain_keys:
         memory.chains = [value for value in await redis.mget(chain_keys) if isinstance(value, bytes)]
     return memory
