@@ -8,12 +8,13 @@ signal handling for `python -m enricher run`.
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import time
 from collections.abc import Awaitable
 from contextlib import AsyncExitStack
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Final, Self, TypeVar
 
 import structlog
 from pymongo import AsyncMongoClient
@@ -341,6 +342,20 @@ async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
     tasks.clear()
 
 
+# Collections after 20,000 net allocations, not 700: every batch allocates thousands of small
+# dicts, and the default thresholds ran a full collection over the whole heap often enough to
+# show in the tail (in-process, 600 feed seconds: chain batches max 61-68 ms with the
+# defaults, 21-23 ms with these; medians unchanged).
+GC_THRESHOLDS: Final = (20_000, 20, 50)
+
+
+def quiet_collector() -> None:
+    """After start-up: move what exists to the permanent generation, and collect less often."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def dump_tasks() -> None:
     """SIGUSR1: log where every task is waiting, for a daemon that seems stuck."""
     for task in asyncio.all_tasks():
@@ -357,6 +372,7 @@ async def serve(settings: Settings) -> int:
     loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
     try:
         async with Enricher(settings) as app:
+            quiet_collector()
             await app.wait(stop)
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):

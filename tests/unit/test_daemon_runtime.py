@@ -1,8 +1,9 @@
-"""Shutdown steps are bounded even when a step will not stop (redis-py can swallow a cancel)."""
+"""The daemon's runtime guards: bounded shutdown steps (redis-py can swallow a cancel), GC tuning."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import pytest
 
@@ -53,3 +54,16 @@ async def test_honour_cancel_turns_a_swallowed_cancel_back_into_one() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(task, 5)
+
+
+def test_the_daemon_collects_less_often_after_start_up() -> None:
+    from enricher.app import GC_THRESHOLDS, quiet_collector
+
+    before = gc.get_threshold()
+    try:
+        quiet_collector()
+        assert gc.get_threshold() == GC_THRESHOLDS
+        assert gc.get_freeze_count() > 0  # start-up objects moved out of the collector's way
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
