@@ -35,6 +35,7 @@ from enricher.streams import FIELD
 
 log = structlog.get_logger("enricher.bridge")
 BATCH = 1000
+DRAIN_TIMEOUT = 10.0  # seconds to write what was received before the stop
 
 
 class StreamWriter:
@@ -78,7 +79,10 @@ class Bridge:
             await asyncio.wait([reader, stopper], return_when="FIRST_COMPLETED")
             await self.source.stop()
             await reader  # the source drains until Redis confirms the unsubscribe
-            await self._queue.join()
+            try:  # bounded: with Redis gone, what is left can't be written anyway
+                await asyncio.wait_for(self._queue.join(), DRAIN_TIMEOUT)
+            except TimeoutError:
+                log.error("bridge_lost_at_exit", count=self._queue.qsize(), reason="Redis unreachable")
         finally:
             for task in (reader, writer, stopper, announce):
                 task.cancel()
