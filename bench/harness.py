@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 import itertools
 import os
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -20,7 +22,7 @@ from pymongo import AsyncMongoClient
 from pymongo.errors import PyMongoError
 from redis.asyncio import Redis
 
-from bench.common import Listener, TreeSampler, stop_process, subscriber_counts, wait_subscribed
+from bench.common import Listener, TreeSampler, machine_header, stop_process, subscriber_counts, wait_subscribed
 from enricher.embedded import MongoServer, RedisServer
 from enricher.records import CHANNELS, OPTION_CHAIN, OPTION_QUOTE, UNDERLYING, utc_iso
 from enricher.store import CHAINS, QUOTES, TICKS
@@ -29,6 +31,38 @@ COLLECTION_OF = {UNDERLYING: TICKS, OPTION_QUOTE: QUOTES, OPTION_CHAIN: CHAINS}
 
 COLLECTIONS = (TICKS, QUOTES, CHAINS)
 BARE = Path(__file__).with_name("bare.py")
+
+
+@contextlib.asynccontextmanager
+async def session(
+    timeout: float, env: dict[str, str], *, logs: str | None = None, prefix: str = "enricher-bench-"
+) -> AsyncIterator[Context]:
+    """Private Redis and SecantusDB, clients and the output listener, for one bench run; all
+    stopped however it ends (SIGTERM too: it cancels the run, so every finally runs)."""
+    task = asyncio.current_task()
+    if task is not None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    with contextlib.ExitStack() as stack:
+        redis_server = stack.enter_context(RedisServer())
+        mongo_server = stack.enter_context(MongoServer())
+        if logs:
+            where = Path(logs)
+            os.makedirs(where, exist_ok=True)
+        else:
+            where = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=prefix)))
+        print("\n".join(machine_header(redis_server.binary)), flush=True)
+        redis = Redis.from_url(redis_server.url)
+        mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_server.url)
+        listener = Listener(redis_server.url)
+        await listener.start()
+        listening = asyncio.create_task(listener.run())
+        try:
+            yield Context(redis_server, mongo_server, redis, mongo, listener, where, timeout, env)
+        finally:
+            listening.cancel()
+            await listener.close()
+            await redis.aclose()
+            await mongo.close()
 
 
 @dataclass

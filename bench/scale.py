@@ -47,10 +47,8 @@ import argparse
 import asyncio
 import contextlib
 import os
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -59,16 +57,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
-from pymongo import AsyncMongoClient
 from pymongo.errors import PyMongoError
 from redis.asyncio import Redis
 
 from bench import harness
-from bench.common import CLOCK_TICK, Listener, TreeSampler, cpu_seconds, fmt, machine_header, print_table, stop_process
+from bench.common import CLOCK_TICK, TreeSampler, cpu_seconds, fmt, print_table, stop_process
 from bench.report import Result
 from bench.throughput import Workload, make_workload, run_consumer
 from enricher.bridge import StreamWriter
-from enricher.embedded import MongoServer, RedisServer
 from enricher.leases import assignment
 from enricher.loop import run
 from enricher.partitions import partition_of, product_of, streams_of
@@ -570,33 +566,10 @@ def interpretation(load: Workload, per_partition: Counter[int], partitions: int,
 
 
 async def main(args: argparse.Namespace) -> int:
-    task = asyncio.current_task()
-    if task is not None:  # SIGTERM cleans up like Ctrl-C: cancel, and let every finally run
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-    with contextlib.ExitStack() as stack:
-        redis_server = stack.enter_context(RedisServer())
-        mongo_server = stack.enter_context(MongoServer())
-        if args.logs:
-            logs = Path(args.logs)
-            os.makedirs(logs, exist_ok=True)
-        else:
-            logs = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="enricher-scale-")))
-        print("\n".join(machine_header(redis_server.binary)), flush=True)
-        redis = Redis.from_url(redis_server.url)
-        mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_server.url)
-        listener = Listener(redis_server.url)
-        await listener.start()
-        listening = asyncio.create_task(listener.run())
-        env = {"ENRICHER_POOL_WORKERS": "0", "ENRICHER_HTTP_PORT": "0"}  # also for the pub/sub runs
-        env |= dict(item.split("=", 1) for item in args.env)
-        ctx = harness.Context(redis_server, mongo_server, redis, mongo, listener, logs, args.timeout, env)
-        try:
-            await _all(ctx, args)
-        finally:
-            listening.cancel()
-            await listener.close()
-            await redis.aclose()
-            await mongo.close()
+    env = {"ENRICHER_POOL_WORKERS": "0", "ENRICHER_HTTP_PORT": "0"}  # also for the pub/sub runs
+    env |= dict(item.split("=", 1) for item in args.env)
+    async with harness.session(args.timeout, env, logs=args.logs, prefix="enricher-scale-") as ctx:
+        await _all(ctx, args)
     return 0
 
 

@@ -22,34 +22,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
-import signal
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import Any
 
 import orjson
-from pymongo import AsyncMongoClient
-from redis.asyncio import Redis
 
 from bench import harness, paced
 from bench.ceiling import insert_all
 from bench.common import (
     Key,
-    Listener,
     TreeSampler,
     cpu_seconds,
     latencies_ms,
-    machine_header,
 )
 from bench.report import Result, report
-from enricher.embedded import MongoServer, RedisServer
 from enricher.feed.synthetic import Message, SyntheticFeed
 from enricher.loop import run
 from enricher.records import OPTION_QUOTE
@@ -181,31 +171,12 @@ async def run_ceiling(ctx: harness.Context, kind: str, load: Workload, batch: in
 
 
 async def main(args: argparse.Namespace) -> int:
-    task = asyncio.current_task()
-    if task is not None:  # SIGTERM cleans up like Ctrl-C: cancel, and let every finally run
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-    with contextlib.ExitStack() as stack:
-        redis_server = stack.enter_context(RedisServer())
-        mongo_server = stack.enter_context(MongoServer())
-        logs = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="enricher-bench-")))
-        print("\n".join(machine_header(redis_server.binary)), flush=True)
-        redis = Redis.from_url(redis_server.url)
-        mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_server.url)
-        listener = Listener(redis_server.url)
-        await listener.start()
-        listening = asyncio.create_task(listener.run())
-        env = dict(item.split("=", 1) for item in args.env)
-        ctx = harness.Context(redis_server, mongo_server, redis, mongo, listener, logs, args.timeout, env)
-        try:
-            if args.rate:
-                await paced.run_all(ctx, args.rate, args.duration, [s for s in args.scenario if s in paced.KINDS])
-            else:
-                await _bursts(ctx, args)
-        finally:
-            listening.cancel()
-            await listener.close()
-            await redis.aclose()
-            await mongo.close()
+    env = dict(item.split("=", 1) for item in args.env)
+    async with harness.session(args.timeout, env) as ctx:
+        if args.rate:
+            await paced.run_all(ctx, args.rate, args.duration, [s for s in args.scenario if s in paced.KINDS])
+        else:
+            await _bursts(ctx, args)
     return 0
 
 
