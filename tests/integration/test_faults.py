@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from enricher.app import Enricher
 from enricher.bridge import writer_for
 from enricher.embedded import MongoServer, RedisServer, free_port
-from enricher.feed.synthetic import SyntheticFeed
+from enricher.feed.synthetic import Message, SyntheticFeed
 from enricher.records import OPTION_CHAIN, UNDERLYING
 from enricher.settings import Settings
 from tests.conftest import wait_for
@@ -95,18 +95,18 @@ async def test_mongo_outage_loses_and_duplicates_nothing(
     assert await redis.llen("dlq:enrichment") == 0
 
 
-async def test_redis_outage_reconnects_and_resumes(
-    own_redis: RedisServer,
-    start_app: StartApp,
-    mongo: AsyncMongoClient[dict[str, Any]],
-    db_name: str,
+Send = Callable[[Redis, list[Message]], Awaitable[None]]
+
+
+async def through_a_redis_restart(
+    app: Enricher, own_redis: RedisServer, mongo: AsyncMongoClient[dict[str, Any]], db_name: str, send: Send
 ) -> None:
-    app = await start_app(redis_url=own_redis.url, retry_cap=0.5)
+    """300 ticks, a Redis SIGKILL and restart (empty), 300 more: all 600 stored."""
     feed = SyntheticFeed(seed=2, start=datetime(2025, 1, 20, 4, 0, tzinfo=UTC), step=timedelta(milliseconds=7))
-    sent = ticks(feed, 600)
-    publisher = Redis.from_url(own_redis.url)
+    sent = list(feed.burst(600, 0, 0))
+    producer = Redis.from_url(own_redis.url)
     try:
-        await publish(publisher, UNDERLYING, *sent[:300])
+        await send(producer, sent[:300])
 
         async def stored(n: int) -> bool:
             return await count(mongo, db_name, "underlying_ticks") == n
@@ -115,14 +115,28 @@ async def test_redis_outage_reconnects_and_resumes(
         own_redis.kill()
         await wait_for(lambda: not app.source.ready.is_set(), timeout=30, what="the source noticing")
         await asyncio.to_thread(own_redis.start)
-        await wait_for(app.source.ready.is_set, timeout=30, what="resubscription")
-        await publisher.aclose()  # its pooled connection died with the server
-        publisher = Redis.from_url(own_redis.url)
-        await publish(publisher, UNDERLYING, *sent[300:])
+        await wait_for(app.source.ready.is_set, timeout=30, what="subscribed (or the group recreated) again")
+        await producer.aclose()  # its pooled connection died with the server
+        producer = Redis.from_url(own_redis.url)
+        await send(producer, sent[300:])
         await wait_for(lambda: stored(600), timeout=60, what="ticks after the outage")
     finally:
-        await publisher.aclose()
+        await producer.aclose()
     assert app.metrics.events["redis_reconnects"] >= 1
+
+
+async def test_redis_outage_reconnects_and_resumes(
+    own_redis: RedisServer,
+    start_app: StartApp,
+    mongo: AsyncMongoClient[dict[str, Any]],
+    db_name: str,
+) -> None:
+    app = await start_app(redis_url=own_redis.url, retry_cap=0.5)
+
+    async def send(producer: Redis, messages: list[Message]) -> None:
+        await publish(producer, UNDERLYING, *(payload for _, payload in messages))
+
+    await through_a_redis_restart(app, own_redis, mongo, db_name, send)
 
 
 async def test_streams_source_recreates_its_group_after_redis_restarts_empty(
@@ -134,27 +148,11 @@ async def test_streams_source_recreates_its_group_after_redis_restarts_empty(
     """A Redis restarted without its data has no streams, group or leases: all are rebuilt."""
     streams = {"source": "streams", "stream_partitions": 4, "stream_lease_ttl": 1.0, "stream_claim_idle": 1.0}
     app = await start_app(redis_url=own_redis.url, retry_cap=0.5, **streams)
-    feed = SyntheticFeed(seed=5, start=datetime(2025, 1, 20, 4, 0, tzinfo=UTC), step=timedelta(milliseconds=7))
-    sent = list(feed.burst(600, 0, 0))
-    producer = Redis.from_url(own_redis.url)
-    try:
-        await writer_for(producer, app.settings).write(sent[:300])
 
-        async def stored(n: int) -> bool:
-            return await count(mongo, db_name, "underlying_ticks") == n
+    async def send(producer: Redis, messages: list[Message]) -> None:
+        await writer_for(producer, app.settings).write(messages)
 
-        await wait_for(lambda: stored(300), timeout=30, what="ticks before the outage")
-        own_redis.kill()
-        await wait_for(lambda: not app.source.ready.is_set(), timeout=30, what="the source noticing")
-        await asyncio.to_thread(own_redis.start)
-        await wait_for(app.source.ready.is_set, timeout=30, what="the group recreated")
-        await producer.aclose()
-        producer = Redis.from_url(own_redis.url)
-        await writer_for(producer, app.settings).write(sent[300:])
-        await wait_for(lambda: stored(600), timeout=60, what="ticks after the outage")
-    finally:
-        await producer.aclose()
-    assert app.metrics.events["redis_reconnects"] >= 1
+    await through_a_redis_restart(app, own_redis, mongo, db_name, send)
 
 
 async def test_pool_worker_killed_is_rebuilt_and_nothing_lost(
