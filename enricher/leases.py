@@ -73,6 +73,7 @@ def assignment(members: list[str], partitions: int, me: str) -> set[int]:
 
 class Leases:
     def __init__(self, redis: Redis, group: str, me: str, partitions: int, ttl: float) -> None:
+        self._redis = redis
         self.me = me
         self.partitions = partitions
         self._ttl_ms = max(1, int(ttl * 1000))
@@ -106,8 +107,7 @@ class Leases:
     async def leave(self) -> None:
         """A clean exit: give every lease back and leave the membership, so others take over now."""
         await self.release(list(self.held))
-        redis = self._heartbeat.registered_client
-        await redis.zrem(self._members_key, self.me)
+        await self._redis.zrem(self._members_key, self.me)
 
 
 async def keep_alive(leases: Leases, interval: float, changed: asyncio.Event) -> None:

@@ -10,6 +10,8 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
+from enricher.deadletter import select
+from enricher.records import CHANNELS
 from tests.conftest import wait_for
 
 
@@ -53,6 +55,11 @@ async def listening(redis_url: str, *channels: str) -> AsyncIterator[Listener]:
             await reader
         await pubsub.aclose()  # type: ignore[no-untyped-call]
         await client.aclose()
+
+
+async def market_dead_letters(redis: Redis) -> int:
+    """Dead letters of input messages (not of derived documents such as candles)."""
+    return sum(1 for entry in await select(redis, None, None, None) if entry.channel in CHANNELS)
 
 
 async def publish(redis: Redis, channel: str, *payloads: bytes) -> None:

@@ -20,12 +20,11 @@ from redis.asyncio import Redis
 
 from enricher.bridge import StreamWriter
 from enricher.cache import ENRICHED_CHAIN, ENRICHED_UNDERLYING
-from enricher.deadletter import select
 from enricher.feed.synthetic import Message, SyntheticFeed
 from enricher.partitions import streams_of
-from enricher.records import CHANNELS, OPTION_CHAIN, OPTION_QUOTE, UNDERLYING
+from enricher.records import OPTION_CHAIN, OPTION_QUOTE, UNDERLYING
 from tests.conftest import wait_for
-from tests.integration.helpers import listening
+from tests.integration.helpers import listening, market_dead_letters
 from tests.integration.test_lifecycle import start_daemon
 
 pytestmark = pytest.mark.slow
@@ -148,10 +147,6 @@ def the_input() -> list[Message]:
         else:
             messages.append((channel, data))
     return messages
-
-
-async def market_dead_letters(redis: Redis) -> int:
-    return sum(1 for entry in await select(redis, None, None, None) if entry.channel in CHANNELS)
 
 
 async def test_three_instances_store_and_publish_everything_once_with_the_candles_of_one(

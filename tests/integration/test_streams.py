@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 from enricher.app import Enricher
 from enricher.bridge import Bridge, writer_for
 from enricher.cache import ENRICHED_UNDERLYING
-from enricher.deadletter import DLQ_KEY, select
+from enricher.deadletter import DLQ_KEY
 from enricher.feed.synthetic import Message, SyntheticFeed
 from enricher.partitions import streams_of
 from enricher.records import OPTION_CHAIN, OPTION_QUOTE, UNDERLYING
@@ -21,6 +21,7 @@ from enricher.settings import Settings
 from enricher.store import CHAINS, QUOTES, TICKS
 from enricher.streams import StreamSource
 from tests.conftest import wait_for
+from tests.integration.helpers import market_dead_letters
 
 # Several apps start and stop here; PyMongo's socket leak at close (conftest) shows up.
 pytestmark = pytest.mark.usefixtures("mongo_connect_leak")
@@ -96,10 +97,6 @@ async def test_every_message_stored_once_and_acknowledged_only_then(
     assert app.metrics.events["stream_acked"] == len(messages) + 100
     assert app.metrics.events["feed_gaps"] == 0  # partitions split the shared tick counter: not a gap
     assert await redis.llen(DLQ_KEY) == 0
-
-
-async def market_dead_letters(redis: Redis) -> int:
-    return len(await select(redis, None, None, None)) - len(await select(redis, "internal", None, None))
 
 
 async def _zero(redis: Redis, settings: Settings) -> bool:
