@@ -17,8 +17,8 @@ from enricher.feed.synthetic import Message, SyntheticFeed
 from enricher.records import OPTION_CHAIN, OPTION_QUOTE, UNDERLYING
 from enricher.store import CHAINS, QUOTES, TICKS
 
-KINDS = ("bare", "persist")
-NAMES = {"bare": "bare", "persist": "enricher"}
+KINDS = ("bare", "persist", "nopersist")
+NAMES = {"bare": "bare", "persist": "enricher", "nopersist": "no-persist"}
 
 
 class StampedFeed(SyntheticFeed):
@@ -48,6 +48,7 @@ class PacedResult:
     outputs: str = "-"
     docs: str = "-"
     latencies: list[float] = field(default_factory=list)
+    by_output: dict[str, list[float]] = field(default_factory=dict)  # enriched channel -> latencies
     cpu_percent: float | None = None
     rss_kib: int | None = None
     notes: list[str] = field(default_factory=list)
@@ -79,6 +80,9 @@ async def run_one(ctx: harness.Context, kind: str, rate: float, duration: float)
         if running.db is not None:
             result.docs = f"{sum(done.docs.values())}/{result.published}"
         result.latencies, unmatched = latencies_ms(ctx.listener.arrivals, sent)
+        for channel in ctx.listener.channels:
+            arrivals = [arrival for arrival in ctx.listener.arrivals if arrival[1] == channel]
+            result.by_output[channel] = latencies_ms(arrivals, sent)[0]
         if done.end is None:
             result.notes.append(f"INCOMPLETE after {ctx.timeout:.0f} s (exit status {done.exited})")
         if unmatched:
@@ -105,6 +109,10 @@ async def run_all(ctx: harness.Context, rates: Sequence[float], duration: float,
         ("latency p50, ms", [fmt(percentile(r.latencies, 0.5)) for r in results]),
         ("latency p99, ms", [fmt(percentile(r.latencies, 0.99)) for r in results]),
         ("latency max, ms", [fmt(r.latencies[-1] if r.latencies else None) for r in results]),
+        *(
+            (f"  {channel.rsplit(':', 1)[-1]} p50 / p99, ms", [_p50_p99(r.by_output.get(channel)) for r in results])
+            for channel in ctx.listener.channels
+        ),
         ("CPU % of one core (process tree)", [fmt(r.cpu_percent) for r in results]),
         (
             "peak RSS, MiB (process tree)",
@@ -115,3 +123,9 @@ async def run_all(ctx: harness.Context, rates: Sequence[float], duration: float,
     for r in results:
         for note in r.notes:
             print(f"  [{r.name}] {note}")
+
+
+def _p50_p99(latencies: list[float] | None) -> str:
+    if not latencies:
+        return "-"
+    return f"{fmt(percentile(latencies, 0.5))} / {fmt(percentile(latencies, 0.99))}"
