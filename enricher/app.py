@@ -32,6 +32,7 @@ from enricher.metrics import Metrics
 from enricher.overflow import Backlog, ConflatingBacklog, SpillingBacklog
 from enricher.pipeline import Pipeline
 from enricher.pool import AnalyticsPool
+from enricher.priority import TIERS, LiveFirst
 from enricher.records import CHANNELS
 from enricher.redact import redact_text, redact_url
 from enricher.settings import Settings
@@ -79,6 +80,7 @@ class Enricher:
         self.redis = Redis.from_url(s.redis_url)  # writes; the source reads on its own connection
         self._stack.push_async_callback(self.redis.aclose)
         self.dead_letters = DeadLetters(self.redis, self.metrics, max_len=s.dlq_max)
+        self.live_first = LiveFirst(s.live_first)
         self.idempotency = Idempotency(self.redis, inflight_ttl=s.idem_inflight_ttl, done_ttl=s.idem_done_ttl)
         if s.persist:
             self.mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
@@ -98,6 +100,7 @@ class Enricher:
                 max_docs=s.flush_max_docs,
                 buffer_max=s.store_buffer_max,
                 concurrency=s.mongo_concurrency,
+                yield_to=self.live_first.wait,
             )
         self.pool = AnalyticsPool(s.pool_workers, s.pool_min_strikes, self.metrics)
         self._stack.callback(self.pool.close)
@@ -115,6 +118,7 @@ class Enricher:
             backlog = await self._backlog(channel)
             queue = ChannelQueue(channel, s.queue_size, s.overflow(channel), self.metrics, self.dead_letters, backlog)
             self.queues[channel] = queue
+            self.live_first.watch(TIERS[channel], queue.queue)
             if backlog is not None:
                 self._refills.append(asyncio.create_task(backlog.refill(queue.queue), name=f"refill:{channel}"))
             for index in range(s.workers):
@@ -185,10 +189,13 @@ class Enricher:
 
     async def _work(self, queue: ChannelQueue) -> None:
         handle, limit, channel = self.pipeline.handle, self.settings.batch_max, queue.channel
+        live_first, tier = self.live_first, TIERS[channel]
         while True:
             batch = await next_batch(queue.queue, limit)
             try:
-                await handle(channel, batch)
+                with live_first.batch(tier):  # taken from its queue: later tiers wait for it from now
+                    await live_first.wait(tier)
+                    await handle(channel, batch)
             except asyncio.CancelledError:
                 # The hard deadline cut this batch off mid-way: some of it may be stored, some
                 # not. Dead-letter all of it; a replay is idempotent.

@@ -74,6 +74,11 @@ class Settings:
         2000, "ENRICHER_POOL_MIN_STRIKES", "chain batches with fewer strikes in all run inline"
     )
     flush_interval: float = _setting(0.05, "ENRICHER_FLUSH_INTERVAL", "seconds a MongoDB write may wait")
+    live_first: float = _setting(
+        0.05,
+        "ENRICHER_LIVE_FIRST",
+        "most seconds a chain batch waits for ticks, a quote batch or MongoDB write for both; 0 = off",
+    )
     flush_max_docs: int = _setting(1000, "ENRICHER_FLUSH_MAX_DOCS", "documents per insert_many")
     mongo_concurrency: int = _setting(
         1, "ENRICHER_MONGO_CONCURRENCY", "insert_many calls in flight at once (1 suits a single node)"
@@ -136,6 +141,8 @@ class Settings:
                 raise ValueError(f"{name} must be at least 1")
         if self.stream_claim_idle <= 0 or self.stream_lease_ttl <= 0:
             raise ValueError("stream_claim_idle and stream_lease_ttl must be positive")
+        if not self.live_first >= 0.0:
+            raise ValueError("live_first must be 0 (off) or more")
         if self.pool_workers < 0:
             raise ValueError("pool_workers must be 0 (inline) or more")
         if self.gex_sign not in (1, -1):

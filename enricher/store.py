@@ -86,8 +86,10 @@ class MongoStore:
         max_docs: int,
         buffer_max: int,
         concurrency: int = 1,
+        yield_to: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._db = db
+        self._yield_to = yield_to  # awaited before each background flush (priority.LiveFirst)
         self._metrics = metrics
         self._dead = dead_letters
         self._on_durable = on_durable
@@ -156,6 +158,8 @@ class MongoStore:
             self._wake.clear()
             self._full.clear()
             while self._size:
+                if self._yield_to is not None:
+                    await self._yield_to()
                 if await self._flush_round():
                     backoff.reset()
                 else:
