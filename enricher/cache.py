@@ -12,11 +12,14 @@ stamp lives next to the key in `enricher:stamp:{key}`, with the same TTL.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
 import orjson
 from redis.asyncio import Redis
+
+from enricher.idempotency import DONE_LUA
 
 ENRICHED_UNDERLYING: Final = "enriched:underlying"
 ENRICHED_CHAIN: Final = "enriched:option_chain"
@@ -30,15 +33,13 @@ STAMP_PREFIX: Final = "enricher:stamp:"
 # survives the round trip as a JSON string byte for byte. Stamps are fixed-width strings, so
 # byte order is time order. Keys travel in the argument too, not in KEYS: fine on one Redis
 # server, not on Redis Cluster, which enricher does not support (README, "Scaling out").
-#   ARGV[1]: [sets, sorted sets, publishes]
+#   ARGV[1]: [sets, sorted sets, publishes, done marks, done ttl]
 #     sets: [key, value, ttl, stamp] each;  sorted sets: [key, stamp, [score, member, ...]] each;
-#     publishes: [channel, data] each
-_WRITE: Final = (
-    """
+#     publishes: [channel, data] each;  done marks: idempotency keys, given with persistence
+#     off, where the cache is the durable result (idempotency.py), marked in the same call
+_WRITE: Final = f"""
 local batch = cjson.decode(ARGV[1])
-local prefix = '"""
-    + STAMP_PREFIX
-    + """'
+local prefix = '{STAMP_PREFIX}'
 for _, s in ipairs(batch[1]) do
     local stamp_key = prefix .. s[1]
     local current = redis.call('GET', stamp_key)
@@ -60,9 +61,10 @@ end
 for _, p in ipairs(batch[3]) do
     redis.call('PUBLISH', p[1], p[2])
 end
+local done, done_ttl = batch[4], batch[5]
+{DONE_LUA}
 return #batch[1] + #batch[2] + #batch[3]
 """
-)
 
 
 def underlying_key(product: str) -> str:
@@ -121,8 +123,9 @@ class Cache:
         self.redis = redis
         self._write = redis.register_script(_WRITE)
 
-    async def write(self, outputs: Outputs) -> None:
-        if not outputs:
+    async def write(self, outputs: Outputs, done: Sequence[str] = (), done_ttl: int = 0) -> None:
+        """Write `outputs`, and mark `done` (idempotency keys) done for `done_ttl` seconds."""
+        if not outputs and not done:
             return
         sets = [(key, value.decode(), ttl, stamp) for key, (value, ttl, stamp) in outputs.keys.items()]
         # Rewriting the whole set from the current surface is what bounds it: the old
@@ -132,4 +135,4 @@ class Cache:
             for key, (members, stamp) in outputs.sorted_sets.items()
         ]
         publishes = [(channel, data.decode()) for channel, data in outputs.publishes]
-        await self._write(keys=[], args=[orjson.dumps((sets, zsets, publishes))])
+        await self._write(keys=[], args=[orjson.dumps((sets, zsets, publishes, done, done_ttl))])

@@ -13,6 +13,7 @@ import enum
 from collections.abc import Sequence
 from typing import Final
 
+import orjson
 from redis.asyncio import Redis
 
 PREFIX: Final = "enricher:seen:"
@@ -28,25 +29,35 @@ def mark_key(kind: str, identity: str) -> str:
     return f"{PREFIX}{kind}:{identity}"
 
 
-# One script call per batch: redis-py parses one reply instead of two per message.
+# One script call per batch, its keys in ONE argument (a JSON array, decoded by the script's
+# cjson) and its answer in one string, a digit per key: redis-py then packs three arguments
+# and parses one reply, whatever the batch's size. (Keys passed as arguments, not KEYS, are
+# fine on one server; enricher does not support Redis Cluster.)
 _CLAIM: Final = """
 local claims = {}
-for i, key in ipairs(KEYS) do
+for i, key in ipairs(cjson.decode(ARGV[2])) do
     if redis.call('SET', key, 'p', 'NX', 'PX', ARGV[1]) then
-        claims[i] = 0
+        claims[i] = '0'
     elseif redis.call('GET', key) == 'd' then
-        claims[i] = 1
+        claims[i] = '1'
     else
-        claims[i] = 2
+        claims[i] = '2'
     end
 end
-return claims
+return table.concat(claims)
 """
 _DONE: Final = """
-for _, key in ipairs(KEYS) do redis.call('SET', key, 'd', 'EX', ARGV[1]) end
-return #KEYS
+local keys = cjson.decode(ARGV[2])
+for _, key in ipairs(keys) do redis.call('SET', key, 'd', 'EX', ARGV[1]) end
+return #keys
+"""
+# The same, inside another script (cache.py writes the outputs and, with persistence off,
+# the done marks in one call): `done` is a decoded array of keys, `done_ttl` seconds.
+DONE_LUA: Final = """
+for _, key in ipairs(done) do redis.call('SET', key, 'd', 'EX', done_ttl) end
 """
 _CLAIMS: Final = (Claim.NEW, Claim.DONE, Claim.BUSY)
+_ZERO: Final = ord("0")
 
 
 class Idempotency:
@@ -60,12 +71,16 @@ class Idempotency:
     async def claim(self, keys: Sequence[str]) -> list[Claim]:
         if not keys:
             return []
-        replies = await self._claim(keys=list(keys), args=[self._inflight_ms])
-        return [_CLAIMS[int(reply)] for reply in replies]
+        reply = await self._claim(keys=[], args=[self._inflight_ms, orjson.dumps(keys)])
+        return [_CLAIMS[digit - _ZERO] for digit in reply]
+
+    @property
+    def done_ttl(self) -> int:
+        return self._done_ttl
 
     async def mark_done(self, keys: Sequence[str]) -> None:
         if keys:
-            await self._done(keys=list(keys), args=[self._done_ttl])
+            await self._done(keys=[], args=[self._done_ttl, orjson.dumps(keys)])
 
     async def release(self, keys: Sequence[str]) -> None:
         if keys:

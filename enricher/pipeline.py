@@ -95,15 +95,16 @@ class Pipeline:
             await self._give_up(channel, items, applied, 1, outcomes)
         elif items:
             started = time.perf_counter()
-            if await self._write_with_retry(channel, items, applied.outputs, outcomes):
+            # With persistence off, the cache is the durable result: its write marks them done.
+            done = [key for _, _, key in items] if self._store is None else []
+            if await self._write_with_retry(channel, items, applied.outputs, outcomes, done):
                 if self._store is not None:
                     self._store.add(COLLECTION[channel], applied.documents)
                     for collection, extra in applied.extras:
                         self._store.add(collection, [extra])
                 else:
-                    await self._idem.mark_done([key for _, _, key in items])
                     for _, raw, _ in items:
-                        settle(raw)  # with persistence off, the cache is the durable result
+                        settle(raw)
                 self._account(channel, items, time.perf_counter() - started, outcomes)
         return [outcomes.get(id(raw), FAILED) for raw in batch]
 
@@ -204,9 +205,11 @@ class Pipeline:
                 defer(raw)
         return items
 
-    async def _write_with_retry(self, channel: str, items: list[Item], outputs: Outputs, outcomes: Outcomes) -> bool:
+    async def _write_with_retry(
+        self, channel: str, items: list[Item], outputs: Outputs, outcomes: Outcomes, done: list[str]
+    ) -> bool:
         try:
-            await self._retry(channel, lambda: self._cache.write(outputs))
+            await self._retry(channel, lambda: self._cache.write(outputs, done, self._idem.done_ttl))
         except Exception as exc:
             attempts = self._settings.retry_attempts if is_transient(exc) else 1
             await self._give_up(channel, items, exc, attempts, outcomes)
