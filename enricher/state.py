@@ -114,8 +114,9 @@ class MarketState:
         models = model_quotes(quotes, forwards, self.model)
         touched: set[str] = set()
         for (_, raw, key), quote, model in zip(items, quotes, models, strict=True):
-            # The cache keeps the quote exactly as received (CONTRACT §2); the model goes to MongoDB.
-            applied.outputs.set(keys.option_key(quote.symbol), orjson.dumps(quote.doc), ttl, quote.stamp)
+            # The cache keeps the quote exactly as received (CONTRACT §2): its bytes, not
+            # encoded again. The model goes to MongoDB.
+            applied.outputs.set(keys.option_key(quote.symbol), raw.data, ttl, quote.stamp)
             self.surfaces.apply_quote(quote, quote.doc["timestamp"], model.get("iv"))
             touched.add(quote.product)
             doc = {**quote.doc, "model": model, "_id": quote.identity, "timestamp": quote.timestamp}
