@@ -46,7 +46,7 @@ from enricher.fields import (
     product_name,
     real,
 )
-from enricher.quotes import gdf_row, synthetic_row
+from enricher.quotes import gdf_row, is_gdf, synthetic_row
 from enricher.records import OPTION_CHAIN, OPTION_QUOTE, UNDERLYING, InvalidMessage, Json, Quote, Record, Tick
 
 __all__ = [
@@ -145,7 +145,7 @@ def _tick(doc: Json, feed_tz: tzinfo, max_strikes: int) -> Tick:
 
 
 def _quote(doc: Json, feed_tz: tzinfo, max_strikes: int) -> Quote:
-    check = gdf_row if "instrument" in doc else synthetic_row
+    check = gdf_row if is_gdf(doc) else synthetic_row
     symbol, product, expiry, strike, option_type, bid, ask, last, volume, oi, iv = check(doc, None, None, None)
     if "timestamp" not in doc:
         raise missing("timestamp")

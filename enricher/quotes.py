@@ -35,6 +35,11 @@ from enricher.timestamps import expiry_from_instrument
 RowFields = tuple[str, str, str, float, str, float, float, float, int, int, float | None]
 
 
+def is_gdf(row: Json) -> bool:
+    """Whether a row is in GlobalDataFeeds' shape: checking it adds the canonical keys to it."""
+    return "instrument" in row
+
+
 def _check_greeks(values: tuple[Any, ...]) -> None:
     """The optional greeks, each a finite number when present (null counts as absent)."""
     for name, value in zip(GREEKS, values, strict=True):

@@ -23,6 +23,7 @@ from enricher.analytics.surface import SurfaceBook
 from enricher.cache import Outputs
 from enricher.gaps import GapDetector
 from enricher.metrics import Metrics
+from enricher.quotes import is_gdf
 from enricher.records import OPTION_CHAIN, OPTION_QUOTE, UNDERLYING, Chain, Quote, Record, Tick, utc_iso
 from enricher.settings import Settings
 from enricher.source import RawMessage
@@ -114,9 +115,11 @@ class MarketState:
         models = model_quotes(quotes, forwards, self.model)
         touched: set[str] = set()
         for (_, raw, key), quote, model in zip(items, quotes, models, strict=True):
-            # The cache keeps the quote exactly as received (CONTRACT §2): its bytes, not
-            # encoded again. The model goes to MongoDB.
-            applied.outputs.set(keys.option_key(quote.symbol), raw.data, ttl, quote.stamp)
+            # The cache keeps the quote as received (CONTRACT §2): its own bytes, not encoded
+            # again, unless it is a GDF row, which carries the canonical names too (README).
+            # The model goes to MongoDB.
+            value = orjson.dumps(quote.doc) if is_gdf(quote.doc) else raw.data
+            applied.outputs.set(keys.option_key(quote.symbol), value, ttl, quote.stamp)
             self.surfaces.apply_quote(quote, quote.doc["timestamp"], model.get("iv"))
             touched.add(quote.product)
             doc = {**quote.doc, "model": model, "_id": quote.identity, "timestamp": quote.timestamp}

@@ -99,7 +99,7 @@ async def test_quote_outputs(start_app: StartApp, redis: Redis, mongo: Mongo, db
     await publish(redis, OPTION_QUOTE, quote)
     await stored(mongo, db_name, "option_quotes", 1)
 
-    assert await get_json(redis, "latest:option:NIFTY20250123C21500") == orjson.loads(quote)  # as received
+    assert await redis.get("latest:option:NIFTY20250123C21500") == quote  # as received, to the byte
     assert 290 < await redis.ttl("latest:option:NIFTY20250123C21500") <= 300
 
     doc = await mongo[db_name].option_quotes.find_one({}, {"_id": 0})
@@ -371,3 +371,19 @@ async def test_a_quiet_subscription_is_pinged_not_dropped(
 async def _pings(redis: Redis) -> int:
     stats = await redis.info("commandstats")
     return int(stats.get("cmdstat_ping", {}).get("calls", 0))
+
+
+async def test_quote_cache_holds_the_bytes_received_or_a_gdf_row_with_its_canonical_names(
+    start_app: StartApp, redis: Redis, mongo: Mongo, db_name: str
+) -> None:
+    await start_app()
+    spaced = orjson.dumps(orjson.loads(sample("synthetic_option_quote.json")), option=orjson.OPT_INDENT_2)
+    gdf_row = orjson.loads(sample("gdf_option_chain.json"))["puts"][10]
+    await publish(redis, OPTION_QUOTE, spaced)
+    await publish(redis, OPTION_QUOTE, orjson.dumps(gdf_row))
+    await stored(mongo, db_name, "option_quotes", 2)
+
+    assert await redis.get("latest:option:NIFTY20250123C21500") == spaced  # its own layout, not re-encoded
+    cached = await get_json(redis, "latest:option:NIFTY20250123P21500")
+    assert {key: cached[key] for key in gdf_row} == gdf_row  # every field the provider sent
+    assert (cached["symbol"], cached["strike"], cached["option_type"]) == ("NIFTY20250123P21500", 21500.0, "PUT")
