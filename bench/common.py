@@ -15,10 +15,12 @@ import platform
 import signal
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import orjson
+from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -264,3 +266,18 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[tuple[str, Se
     print("-" * (width + sum(w + 2 for w in cells)))
     for name, values in rows:
         print(f"{name:<{width}}  " + "  ".join(f"{v:>{w}}" for v, w in zip(values, cells, strict=True)))
+
+
+QUEUES = ("underlying", "option_quote", "option_chain")  # short channel names, as queue_gauges keys them
+
+
+def queue_gauges(port: int, name: str) -> dict[str, float]:
+    """One of enricher's per-queue gauges from its /metrics, by short channel name ("underlying", ...)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name == name:
+            for sample in family.samples:
+                values[sample.labels["channel"].split(":")[1]] = sample.value
+    return values

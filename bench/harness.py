@@ -23,7 +23,7 @@ from pymongo.errors import PyMongoError
 from redis.asyncio import Redis
 
 from bench.common import Listener, TreeSampler, machine_header, stop_process, subscriber_counts, wait_subscribed
-from enricher.embedded import MongoServer, RedisServer
+from enricher.embedded import MongoServer, RedisServer, free_port
 from enricher.records import CHANNELS, OPTION_CHAIN, OPTION_QUOTE, UNDERLYING, utc_iso
 from enricher.store import CHAINS, QUOTES, TICKS
 
@@ -90,6 +90,7 @@ class Consumer:
     proc: subprocess.Popen[bytes]
     log: Path
     db: str | None  # the MongoDB database enricher writes to; None for bare or persistence off
+    metrics_port: int | None = None  # enricher's /metrics; None for bare
 
     def log_lines(self) -> list[str]:
         with contextlib.suppress(OSError):
@@ -108,13 +109,16 @@ async def consumer(ctx: Context, kind: str) -> AsyncIterator[Consumer]:
     number = next(ctx.serial)
     log = ctx.logs / f"{number:02d}-{kind}.log"
     db: str | None = None
+    port: int | None = None
     if kind == "bare":
         command, env = [sys.executable, str(BARE), ctx.redis_server.url], dict(os.environ)
     else:
         command = [sys.executable, "-m", "enricher", "run"]
         env = {k: v for k, v in os.environ.items() if not k.startswith("ENRICHER_")}
         db = f"bench_{number:02d}_{kind}"
+        port = free_port()
         env |= {
+            "ENRICHER_HTTP_PORT": str(port),
             "REDIS_URL": ctx.redis_server.url,
             "MONGO_URL": ctx.mongo_server.url,
             "ENRICHER_MONGO_DB": db,
@@ -125,7 +129,7 @@ async def consumer(ctx: Context, kind: str) -> AsyncIterator[Consumer]:
         if kind != "persist":
             db = None
     proc = _spawn(command, env, log)
-    running = Consumer(kind, proc, log, db)
+    running = Consumer(kind, proc, log, db, port)
     try:
         await wait_subscribed(ctx.redis, CHANNELS, baseline, proc, within=60.0)
         yield running

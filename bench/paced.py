@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 
 from bench import harness
-from bench.common import Key, TreeSampler, fmt, latencies_ms, percentile, print_table
+from bench.common import QUEUES, Key, TreeSampler, fmt, latencies_ms, percentile, print_table, queue_gauges
 from enricher.feed.publisher import publish_paced
 from enricher.feed.synthetic import Message, SyntheticFeed
 from enricher.records import OPTION_CHAIN, OPTION_QUOTE, UNDERLYING
@@ -50,6 +50,7 @@ class PacedResult:
     latencies: list[float] = field(default_factory=list)
     by_output: dict[str, list[float]] = field(default_factory=dict)  # enriched channel -> latencies
     cpu_percent: float | None = None
+    peak_queues: str = "-"  # each queue's most messages at once, as % of its capacity
     rss_kib: int | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -72,6 +73,8 @@ async def run_one(ctx: harness.Context, kind: str, rate: float, duration: float)
             done = await harness.wait_done(ctx, running, harness.Expected(docs, feed.last_ids))
             wall = time.perf_counter() - start
             result.cpu_percent = 100.0 * tree.cpu_since_mark() / wall
+            if running.metrics_port is not None:
+                result.peak_queues = await asyncio.to_thread(_peak_queues, running.metrics_port)
             result.rss_kib = tree.peak_rss_kib
         finally:
             sampling.cancel()
@@ -113,6 +116,7 @@ async def run_all(ctx: harness.Context, rates: Sequence[float], duration: float,
             (f"  {channel.rsplit(':', 1)[-1]} p50 / p99, ms", [_p50_p99(r.by_output.get(channel)) for r in results])
             for channel in ctx.listener.channels
         ),
+        ("peak queue depth, % of capacity (t/q/c)", [r.peak_queues for r in results]),
         ("CPU % of one core (process tree)", [fmt(r.cpu_percent) for r in results]),
         (
             "peak RSS, MiB (process tree)",
@@ -129,3 +133,9 @@ def _p50_p99(latencies: list[float] | None) -> str:
     if not latencies:
         return "-"
     return f"{fmt(percentile(latencies, 0.5))} / {fmt(percentile(latencies, 0.99))}"
+
+
+def _peak_queues(port: int) -> str:
+    """Each queue's high-water mark (enricher_queue_depth_peak) as a percentage of its capacity."""
+    peaks, capacities = (queue_gauges(port, name) for name in ("enricher_queue_depth_peak", "enricher_queue_capacity"))
+    return "/".join(f"{100.0 * peaks[name] / capacities[name]:.2g}" for name in QUEUES)

@@ -17,35 +17,20 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
-from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
-from bench.common import machine_header, process_tree, rss_kib, stop_process, wait_subscribed
+from bench.common import QUEUES, machine_header, process_tree, queue_gauges, rss_kib, stop_process, wait_subscribed
 from enricher.embedded import MongoServer, RedisServer, free_port
 from enricher.feed.publisher import publish_paced
 from enricher.feed.synthetic import SyntheticFeed
 from enricher.records import CHANNELS
 
-QUEUES = ("underlying", "option_quote", "option_chain")
-
 
 def spawn(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("wb") as sink:
         return subprocess.Popen([sys.executable, "-m", "enricher", "run"], env=env, stdout=sink, stderr=sink)
-
-
-def queue_depths(port: int) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    depths: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        if family.name == "enricher_queue_depth":
-            for sample in family.samples:
-                depths[sample.labels["channel"].split(":")[1]] = sample.value
-    return depths
 
 
 def slope(points: list[tuple[float, float]]) -> float:
@@ -81,15 +66,15 @@ async def main(args: argparse.Namespace) -> int:
             print(f"\n{'t (s)':>6} {'RSS MiB':>8}   queue depths (ticks quotes chains)")
             while (elapsed := time.monotonic() - started) < args.duration:
                 rss = sum(rss_kib(pid) for pid in process_tree(daemon.pid)) / 1024
-                depths = await asyncio.to_thread(queue_depths, port)
+                depths = await asyncio.to_thread(queue_gauges, port, "enricher_queue_depth")
                 series.append((elapsed, rss))
-                shown = " ".join(
-                    f"{depths.get(name, 0):.0f}" for name in ("underlying", "option_quote", "option_chain")
-                )
+                shown = " ".join(f"{depths.get(name, 0):.0f}" for name in QUEUES)
                 print(f"{elapsed:6.0f} {rss:8.1f}   {shown}", flush=True)
                 await asyncio.sleep(args.every)
             stop.set()
             counts = await publisher
+            peaks = await asyncio.to_thread(queue_gauges, port, "enricher_queue_depth_peak")
+            capacities = await asyncio.to_thread(queue_gauges, port, "enricher_queue_capacity")
         finally:
             await asyncio.to_thread(stop_process, daemon)
             await redis.aclose()
@@ -98,6 +83,8 @@ async def main(args: argparse.Namespace) -> int:
     print(f"\npublished {sum(counts.values())} messages in {args.duration:.0f} s")
     print(f"RSS slope after warm-up: {rising * 60:+.3f} MiB/min (range of all samples {noise:.1f} MiB)")
     print(f"peak RSS {max(rss for _, rss in series):.1f} MiB")
+    shown = ", ".join(f"{name} {peaks[name]:.0f} of {capacities[name]:.0f}" for name in QUEUES)
+    print(f"most messages ever queued at once (enricher_queue_depth_peak): {shown}")
     return 0
 
 

@@ -69,6 +69,9 @@ class QueueView(Protocol):
     @property
     def capacity(self) -> int: ...
 
+    @property
+    def peak_depth(self) -> int: ...
+
     def depth(self) -> int: ...
 
 
@@ -168,11 +171,16 @@ def _events(events: Mapping[str, int]) -> Iterator[Metric]:
 def _queues(queues: Mapping[str, QueueView]) -> Iterator[Metric]:
     depth = GaugeMetricFamily("enricher_queue_depth", "Messages waiting in a channel's queue", labels=["channel"])
     capacity = GaugeMetricFamily("enricher_queue_capacity", "Capacity of a channel's queue", labels=["channel"])
+    high = GaugeMetricFamily(
+        "enricher_queue_depth_peak", "Most messages a channel's queue has held at once, since start", labels=["channel"]
+    )
     for channel, queue in sorted(dict(queues).items()):
         depth.add_metric([channel], queue.depth())
         capacity.add_metric([channel], queue.capacity)
+        high.add_metric([channel], queue.peak_depth)
     yield depth
     yield capacity
+    yield high
 
 
 def build_registry(

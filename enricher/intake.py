@@ -48,6 +48,11 @@ class ChannelQueue:
         self._metrics = metrics
         self._dead = dead_letters
         self._overflows = 0
+        self.peak_depth = 0  # the most messages the queue has held at once
+
+    def _queued(self) -> None:
+        depth = self.queue.qsize()
+        self.peak_depth = max(self.peak_depth, depth)
 
     def offer(self, message: RawMessage) -> None:
         metrics = self._metrics
@@ -60,6 +65,7 @@ class ChannelQueue:
             return
         try:
             self.queue.put_nowait(message)
+            self._queued()
             return
         except asyncio.QueueFull:
             pass
@@ -82,6 +88,7 @@ class ChannelQueue:
         self._metrics.count(self.channel, RECEIVED)
         self._metrics.last_message_at[self.channel] = message.received_at
         await self.queue.put(message)
+        self._queued()
 
     def depth(self) -> int:
         return self.queue.qsize() + (self.backlog.pending if self.backlog else 0)

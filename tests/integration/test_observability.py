@@ -86,6 +86,8 @@ async def test_metrics_health_and_readiness_of_a_running_app(start_app: StartApp
         assert value("enricher_messages_total", channel=OPTION_QUOTE, outcome=PROCESSED) == 0
         assert value("enricher_queue_capacity", channel=UNDERLYING) == app.settings.queue_size
         assert value("enricher_queue_depth", channel=UNDERLYING) == 0
+        assert value("enricher_queue_depth_peak", channel=UNDERLYING) == 1  # the one tick, once queued
+        assert value("enricher_queue_depth_peak", channel=OPTION_QUOTE) == 0
         assert abs(value("enricher_last_message_timestamp_seconds", channel=UNDERLYING) - time.time()) < 60
         assert value("enricher_mongo_documents_total", collection="underlying_ticks") == 1
         assert value("enricher_mongo_documents_total", collection="option_chains") == 0
@@ -142,6 +144,7 @@ async def test_readyz_turns_503_when_a_queue_is_over_its_high_water_mark(start_a
 class StubQueue:
     capacity: int = 10
     held: int = 0
+    peak_depth: int = 0
 
     def depth(self) -> int:
         return self.held
