@@ -119,24 +119,28 @@ class Pipeline:
             return []
 
     async def _recall(self, products: set[str]) -> None:
-        """Before a product's first batch here, load its state from Redis (takeover.py)."""
-        new = products - self._recalled.keys()
-        for product in new:
-            self._recalled[product] = asyncio.create_task(self._recall_one(product), name=f"recall:{product}")
-        waits = [self._recalled[product] for product in products if not self._recalled[product].done()]
+        """Before a product's first batch here, load its state from Redis (takeover.py): the
+        products new to a batch together, in one task and two round trips."""
+        new = sorted(products - self._recalled.keys())
+        if new:
+            task = asyncio.create_task(self._recall_some(new), name=f"recall:{','.join(new)}")
+            for product in new:
+                self._recalled[product] = task
+        waits = {self._recalled[product] for product in products if not self._recalled[product].done()}
         if waits:
             await asyncio.wait(waits)
 
-    async def _recall_one(self, product: str) -> None:
+    async def _recall_some(self, products: list[str]) -> None:
         try:
-            memory = await recall(self._cache.redis, product)
-        except Exception as exc:  # Redis away: start this product from nothing, as before
-            log.warning("restore_failed", product=product, error=redact_text(str(exc))[:200])
+            memories = await recall(self._cache.redis, products)
+        except Exception as exc:  # Redis away: start these products from nothing, as before
+            log.warning("restore_failed", products=products, error=redact_text(str(exc))[:200])
             return
-        restored = adopt(self.state, product, memory, self._tz)
-        if restored:
-            self._metrics.event("state_restored", restored)
-            log.info("state_restored", product=product, pieces=restored, chains=len(memory.chains))
+        for product, memory in memories.items():
+            restored = adopt(self.state, product, memory, self._tz)
+            if restored:
+                self._metrics.event("state_restored", restored)
+                log.info("state_restored", product=product, pieces=restored, chains=len(memory.chains))
 
     async def _enrich(self, channel: str, items: list[Item]) -> Applied | Exception:
         """Analyse and update the state, in queue order: a chain's OI change needs the one before."""

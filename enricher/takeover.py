@@ -21,6 +21,7 @@ expiry whose chain gave no usable IV is not on the surface, so its OI snapshot i
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import tzinfo
 from typing import Any
@@ -46,26 +47,35 @@ class Memory:
     chains: list[bytes] = field(default_factory=list)
 
 
-async def recall(redis: Redis, product: str) -> Memory:
-    """What Redis holds for `product`, in two round trips."""
+async def recall(redis: Redis, products: Sequence[str]) -> dict[str, Memory]:
+    """What Redis holds for each of `products`, in two round trips for all of them."""
     async with redis.pipeline(transaction=False) as pipe:
-        pipe.get(keys.underlying_key(product))
-        pipe.get(keys.surface_key(product))
-        for window in CANDLE_WINDOWS:
-            pipe.get(keys.ohlc_key(product, window))
-        underlying, surface, *candles = await pipe.execute()
-    memory = Memory()
-    if underlying:
-        price = _json(underlying).get("price")
-        if isinstance(price, int | float):
-            memory.spot = float(price)
-    memory.candles = [doc for doc in map(_json, filter(None, candles)) if doc]
-    listed = _json(surface).get("expiries") if surface else None
-    expiries = [e.get("expiry") for e in listed if isinstance(e, dict)] if isinstance(listed, list) else []
-    chain_keys = [keys.chain_key(product, expiry) for expiry in expiries if isinstance(expiry, str)]
+        for product in products:
+            pipe.get(keys.underlying_key(product))
+            pipe.get(keys.surface_key(product))
+            for window in CANDLE_WINDOWS:
+                pipe.get(keys.ohlc_key(product, window))
+        replies = await pipe.execute()
+    memories: dict[str, Memory] = {}
+    chain_keys: list[tuple[str, str]] = []  # (product, key)
+    per_product = 2 + len(CANDLE_WINDOWS)
+    for index, product in enumerate(products):
+        underlying, surface, *candles = replies[index * per_product : (index + 1) * per_product]
+        memory = memories[product] = Memory()
+        if underlying:
+            price = _json(underlying).get("price")
+            if isinstance(price, int | float):
+                memory.spot = float(price)
+        memory.candles = [doc for doc in map(_json, filter(None, candles)) if doc]
+        listed = _json(surface).get("expiries") if surface else None
+        expiries = [e.get("expiry") for e in listed if isinstance(e, dict)] if isinstance(listed, list) else []
+        chain_keys += [(product, keys.chain_key(product, expiry)) for expiry in expiries if isinstance(expiry, str)]
     if chain_keys:
-        memory.chains = [value for value in await redis.mget(chain_keys) if isinstance(value, bytes)]
-    return memory
+        values = await redis.mget([key for _, key in chain_keys])
+        for (product, _), value in zip(chain_keys, values, strict=True):
+            if isinstance(value, bytes):
+                memories[product].chains.append(value)
+    return memories
 
 
 def adopt(state: MarketState, product: str, memory: Memory, feed_tz: tzinfo) -> int:
