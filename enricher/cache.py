@@ -29,22 +29,32 @@ STAMP_PREFIX: Final = "enricher:stamp:"
 # publishes: redis-py then parses one reply, not one per command. The whole batch goes as ONE
 # argument, a JSON array that the script decodes with Redis's built-in cjson: redis-py packs
 # each argument in Python (its pack_command was ~15% of the event loop at 10x the feed's pace,
-# py-spy), orjson packs the array in C. Every value is orjson output, so valid UTF-8, and
-# survives the round trip as a JSON string byte for byte. Stamps are fixed-width strings, so
-# byte order is time order. Keys travel in the argument too, not in KEYS: fine on one Redis
-# server, not on Redis Cluster, which enricher does not support (README, "Scaling out").
+# py-spy), orjson packs the array in C. A value of BLOB bytes or more (an enriched chain, a
+# surface) travels instead as an argument of its own, binary, which the array names by its
+# index: cjson would decode it for nothing, and a chain's key and its publish share one copy.
+# Smaller values are orjson output, so valid UTF-8, and survive the round trip as JSON strings
+# byte for byte. Stamps are fixed-width strings, so byte order is time order. Keys travel in
+# the argument too, not in KEYS: fine on one Redis server, not on Redis Cluster, which
+# enricher does not support (README, "Scaling out").
 #   ARGV[1]: [sets, sorted sets, publishes, done marks, done ttl]
 #     sets: [key, value, ttl, stamp] each;  sorted sets: [key, stamp, [score, member, ...]] each;
-#     publishes: [channel, data] each;  done marks: idempotency keys, given with persistence
-#     off, where the cache is the durable result (idempotency.py), marked in the same call
+#     publishes: [channel, value] each;  a value is a string, or the index in ARGV of a blob;
+#     done marks: idempotency keys, given with persistence off, where the cache is the durable
+#     result (idempotency.py), marked in the same call
+#   ARGV[2...]: the blobs
+BLOB: Final = 1024
 _WRITE: Final = f"""
 local batch = cjson.decode(ARGV[1])
 local prefix = '{STAMP_PREFIX}'
+local function value(v)
+    if type(v) == 'number' then return ARGV[v] end
+    return v
+end
 for _, s in ipairs(batch[1]) do
     local stamp_key = prefix .. s[1]
     local current = redis.call('GET', stamp_key)
     if not current or current <= s[4] then
-        redis.call('SET', s[1], s[2], 'EX', s[3])
+        redis.call('SET', s[1], value(s[2]), 'EX', s[3])
         redis.call('SET', stamp_key, s[4], 'EX', s[3])
     end
 end
@@ -59,7 +69,7 @@ for _, z in ipairs(batch[2]) do
     end
 end
 for _, p in ipairs(batch[3]) do
-    redis.call('PUBLISH', p[1], p[2])
+    redis.call('PUBLISH', p[1], value(p[2]))
 end
 local done, done_ttl = batch[4], batch[5]
 {DONE_LUA}
@@ -127,12 +137,24 @@ class Cache:
         """Write `outputs`, and mark `done` (idempotency keys) done for `done_ttl` seconds."""
         if not outputs and not done:
             return
-        sets = [(key, value.decode(), ttl, stamp) for key, (value, ttl, stamp) in outputs.keys.items()]
+        blobs: list[bytes] = []
+        index: dict[int, int] = {}  # id(value) -> its ARGV index: one copy of a value used twice
+
+        def ref(value: bytes) -> str | int:
+            if len(value) < BLOB:
+                return value.decode()
+            at = index.get(id(value))
+            if at is None:
+                blobs.append(value)
+                at = index[id(value)] = len(blobs) + 1  # ARGV[1] is the batch itself
+            return at
+
+        sets = [(key, ref(value), ttl, stamp) for key, (value, ttl, stamp) in outputs.keys.items()]
         # Rewriting the whole set from the current surface is what bounds it: the old
         # service only ever added members, and the set grew without limit.
         zsets = [
             (key, stamp, [part for member, score in members for part in (score, member.decode())])
             for key, (members, stamp) in outputs.sorted_sets.items()
         ]
-        publishes = [(channel, data.decode()) for channel, data in outputs.publishes]
-        await self._write(keys=[], args=[orjson.dumps((sets, zsets, publishes, done, done_ttl))])
+        publishes = [(channel, ref(data)) for channel, data in outputs.publishes]
+        await self._write(keys=[], args=[orjson.dumps((sets, zsets, publishes, done, done_ttl)), *blobs])
