@@ -188,10 +188,11 @@ class Enricher:
             queues[message.channel].offer(message)
 
     async def _work(self, queue: ChannelQueue) -> None:
-        handle, limit, channel = self.pipeline.handle, self.settings.batch_max, queue.channel
+        handle, channel = self.pipeline.handle, queue.channel
+        limit, max_bytes = self.settings.batch_max, self.settings.batch_max_bytes
         live_first, tier = self.live_first, TIERS[channel]
         while True:
-            batch = await next_batch(queue.queue, limit)
+            batch = await next_batch(queue.queue, limit, max_bytes)
             try:
                 with live_first.batch(tier):  # taken from its queue: later tiers wait for it from now
                     await live_first.wait(tier)

@@ -102,12 +102,21 @@ class ChannelQueue:
         return left
 
 
-async def next_batch(queue: asyncio.Queue[RawMessage], limit: int) -> list[RawMessage]:
-    """Wait for one message, then take whatever else is already queued, up to `limit`."""
+async def next_batch(queue: asyncio.Queue[RawMessage], limit: int, max_bytes: int | None = None) -> list[RawMessage]:
+    """Wait for one message, then take whatever else is already queued, up to `limit` messages
+    and, if given, until their payloads reach `max_bytes` (the message that reaches it included).
+
+    The byte bound keeps a burst of big chains from being parsed, modelled and encoded all at
+    once: 250 chains of 200 strikes in one batch took the process tree to 481 MiB without
+    persistence; 4 MiB batches 274 MiB, 1 MiB batches 215 MiB (bench.throughput --big).
+    """
     batch = [await queue.get()]
-    while len(batch) < limit:
+    size = len(batch[0].data)
+    while len(batch) < limit and (max_bytes is None or size < max_bytes):
         try:
-            batch.append(queue.get_nowait())
+            message = queue.get_nowait()
         except asyncio.QueueEmpty:
             break
+        batch.append(message)
+        size += len(message.data)
     return batch

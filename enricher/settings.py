@@ -43,6 +43,9 @@ class Settings:
         "spill", "ENRICHER_OVERFLOW_CHAIN", "full-queue policy for chains", OVERFLOW_POLICIES
     )
     batch_max: int = _setting(500, "ENRICHER_BATCH_MAX", "most messages a worker takes at once")
+    batch_max_bytes: int = _setting(
+        1 << 20, "ENRICHER_BATCH_MAX_BYTES", "a worker stops taking messages once their payloads reach this"
+    )
     source: str = _setting(
         "pubsub", "ENRICHER_SOURCE", "input: pub/sub channels, or Redis Streams in a consumer group", SOURCES
     )
@@ -132,7 +135,7 @@ class Settings:
             if choices and getattr(self, spec.name) not in choices:
                 raise ValueError(f"{spec.name} must be one of {', '.join(choices)}")
         positive = (
-            "workers", "queue_size", "batch_max", "flush_max_docs", "cache_ttl", "idem_done_ttl",
+            "workers", "queue_size", "batch_max", "batch_max_bytes", "flush_max_docs", "cache_ttl", "idem_done_ttl",
             "retry_attempts", "store_buffer_max", "dlq_max", "mongo_concurrency", "stream_partitions",
             "stream_maxlen",
         )  # fmt: skip
