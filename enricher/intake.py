@@ -30,6 +30,18 @@ from enricher.source import RawMessage
 log = structlog.get_logger("enricher.intake")
 
 
+class PeakQueue(asyncio.Queue[RawMessage]):
+    """An asyncio.Queue that remembers the most items it has held: every way in (put,
+    put_nowait, a backlog's refill) goes through `_put`, the hook asyncio's own LifoQueue and
+    PriorityQueue override."""
+
+    peak = 0
+
+    def _put(self, item: RawMessage) -> None:
+        super()._put(item)
+        self.peak = max(self.peak, self.qsize())
+
+
 class ChannelQueue:
     def __init__(
         self,
@@ -44,15 +56,15 @@ class ChannelQueue:
         self.capacity = capacity
         self.policy = policy
         self.backlog = backlog
-        self.queue: asyncio.Queue[RawMessage] = asyncio.Queue(capacity)
+        self.queue: PeakQueue = PeakQueue(capacity)
         self._metrics = metrics
         self._dead = dead_letters
         self._overflows = 0
-        self.peak_depth = 0  # the most messages the queue has held at once
 
-    def _queued(self) -> None:
-        depth = self.queue.qsize()
-        self.peak_depth = max(self.peak_depth, depth)
+    @property
+    def peak_depth(self) -> int:
+        """The most messages the queue has held at once."""
+        return self.queue.peak
 
     def offer(self, message: RawMessage) -> None:
         metrics = self._metrics
@@ -65,7 +77,6 @@ class ChannelQueue:
             return
         try:
             self.queue.put_nowait(message)
-            self._queued()
             return
         except asyncio.QueueFull:
             pass
@@ -88,7 +99,6 @@ class ChannelQueue:
         self._metrics.count(self.channel, RECEIVED)
         self._metrics.last_message_at[self.channel] = message.received_at
         await self.queue.put(message)
-        self._queued()
 
     def depth(self) -> int:
         return self.queue.qsize() + (self.backlog.pending if self.backlog else 0)

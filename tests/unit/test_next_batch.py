@@ -1,10 +1,10 @@
-"""next_batch: what is queued, bounded by a message count and by payload bytes."""
+"""next_batch: what is queued, bounded by a message count and by payload bytes; PeakQueue."""
 
 from __future__ import annotations
 
 import asyncio
 
-from enricher.intake import next_batch
+from enricher.intake import PeakQueue, next_batch
 from enricher.records import OPTION_CHAIN
 from enricher.source import RawMessage
 
@@ -33,3 +33,14 @@ async def test_the_count_bound_and_no_byte_bound() -> None:
     queue = _queue(*[10] * 7)
     assert len(await next_batch(queue, 3)) == 3
     assert len(await next_batch(queue, 500)) == 4  # all that is left, without waiting for more
+
+
+async def test_a_queue_remembers_the_most_it_held_whichever_way_messages_came_in() -> None:
+    queue = PeakQueue(10)
+    queue.put_nowait(RawMessage(OPTION_CHAIN, b"a", 0.0))
+    await queue.put(RawMessage(OPTION_CHAIN, b"b", 0.0))  # as a backlog's refill does
+    assert queue.peak == 2
+    await next_batch(queue, 500)
+    queue.put_nowait(RawMessage(OPTION_CHAIN, b"c", 0.0))
+    assert queue.qsize() == 1
+    assert queue.peak == 2
