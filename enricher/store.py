@@ -259,6 +259,17 @@ class MongoStore:
         try:
             docs = cast(list[RawBSONDocument], [entry.doc for entry in batch])  # as `add` buffered them
             await self._db[collection].insert_many(docs, ordered=False)
+        except UNENCODABLE as exc:
+            # Encoded already, so only a document over the server's size limit gets here
+            # (DocumentTooLarge, before anything is sent): dead-letter it, write the others.
+            failed = {i: f"not storable: {exc}"[:500] for i, entry in enumerate(batch) if _size(entry) > MAX_BSON_SIZE}
+            if not failed:
+                failed = dict.fromkeys(range(len(batch)), f"not storable: {exc}"[:500])
+            keep = [entry for index, entry in enumerate(batch) if index not in failed]
+            if keep and not await self._insert_batch(collection, queue, keep):
+                return False
+            self._reject(batch, failed)
+            return True
         except BulkWriteError as exc:
             for error in exc.details.get("writeErrors", []):
                 if error.get("code") != DUPLICATE_KEY:
@@ -298,5 +309,11 @@ class MongoStore:
         return False
 
 
-# What bson.encode raises for a document BSON can't hold.
+# What bson.encode raises for a document BSON can't hold (and insert_many, as DocumentTooLarge,
+# an InvalidDocument, for one over the server's size limit).
 UNENCODABLE: Final = (InvalidDocument, OverflowError)
+MAX_BSON_SIZE: Final = 16 * 1024 * 1024  # MongoDB's maxBsonObjectSize
+
+
+def _size(entry: Pending) -> int:
+    return len(entry.doc.raw) if isinstance(entry.doc, RawBSONDocument) else 0

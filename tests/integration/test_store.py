@@ -1,0 +1,48 @@
+"""MongoStore against a real server: documents buffered as BSON, and one too large for the
+server dead-lettered without holding up the others (whether the driver refuses it before
+sending, DocumentTooLarge, or the server reports it as a write error, as SecantusDB does)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+from pymongo import AsyncMongoClient
+from redis.asyncio import Redis
+
+from enricher.deadletter import DLQ_KEY, DeadLetters
+from enricher.metrics import Metrics
+from enricher.records import UNDERLYING
+from enricher.store import MAX_BSON_SIZE, TICKS, MongoStore, Pending
+
+Mongo = AsyncMongoClient[dict[str, Any]]
+
+
+async def test_a_document_over_the_size_limit_is_dead_lettered_and_the_rest_stored(
+    redis: Redis, mongo: Mongo, db_name: str
+) -> None:
+    metrics = Metrics()
+    dead = DeadLetters(redis, metrics, max_len=100)
+    durable: list[str] = []
+
+    async def on_durable(marks: Sequence[str]) -> None:
+        durable.extend(marks)
+
+    store = MongoStore(
+        mongo[db_name], metrics=metrics, dead_letters=dead, on_durable=on_durable,
+        flush_interval=0.05, max_docs=1000, buffer_max=1000,
+    )  # fmt: skip
+    huge = {"_id": "huge", "blob": "x" * (MAX_BSON_SIZE + (1 << 20))}  # over the server's 16 MiB
+    store.add(TICKS, [Pending({"_id": f"t{i}", "n": i}, f"m{i}", UNDERLYING, b"{}") for i in (1, 2)])
+    store.add(TICKS, [Pending(huge, "m-huge", UNDERLYING, b'{"huge": true}')])
+    assert store.buffered == 3
+
+    assert await store.flush(deadline=float("inf")) == 0
+    assert await dead.write_pending()
+
+    assert sorted(await mongo[db_name][TICKS].distinct("_id")) == ["t1", "t2"]
+    assert sorted(durable) == ["m1", "m2"]
+    [letter] = [orjson.loads(item) for item in await redis.lrange(DLQ_KEY, 0, -1)]
+    assert letter["error_type"] == "mongo_write_error"
+    assert letter["payload"] == '{"huge": true}'
