@@ -29,7 +29,9 @@ async def test_small_and_large_values_arrive_byte_for_byte(redis: Redis) -> None
     outputs.set("latest:shared", shared, 60, "2025-01-20T10:00:00.000000+00:00")
     outputs.publish("enriched:test", shared)
     outputs.publish("enriched:test", small)
-    outputs.replace_sorted_set("iv:test", [(b'{"strike": 100.0}', 100.0), (b'{"strike": 99.5}', 99.5)], "s1")
+    odd = 0.1 + 0.2  # 0.30000000000000004: a score must come back to the bit
+    members = [(b'{"strike": 100.0}', 100.0), (b'{"strike": 99.5}', 99.5), (b'{"strike": "odd"}', odd)]
+    outputs.replace_sorted_set("iv:test", members, "s1")
     listener = redis.pubsub()
     await listener.subscribe("enriched:test")
     assert (await listener.get_message(timeout=5))["type"] == "subscribe"
@@ -42,6 +44,7 @@ async def test_small_and_large_values_arrive_byte_for_byte(redis: Redis) -> None
     assert 0 < await redis.ttl("latest:large") <= 60
     assert await redis.get(STAMP_PREFIX + "latest:large") == b"2025-01-20T10:00:00.000000+00:00"
     assert await redis.zrange("iv:test", 0, -1, withscores=True) == [
+        (b'{"strike": "odd"}', odd),
         (b'{"strike": 99.5}', 99.5),
         (b'{"strike": 100.0}', 100.0),
     ]
