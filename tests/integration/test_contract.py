@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -233,8 +234,10 @@ async def test_duplicate_delivery_processed_once(
             await publish(redis, OPTION_QUOTE, quote)
             await publish(redis, OPTION_CHAIN, chain)
         await wait_for(lambda: app.metrics.total("duplicate") == 6, what="6 duplicates")
-        await wait_for(lambda: app.store is not None and app.store.buffered == 0, what="flush")
-        await stored(mongo, db_name, "option_chains", 1)
+        for collection in ("underlying_ticks", "option_quotes", "option_chains"):
+            await stored(mongo, db_name, collection, 1)
+        assert app.store is not None
+        await asyncio.wait_for(app.store.wait_idle(), 10)  # nothing buffered, nothing in flight
     for collection in ("underlying_ticks", "option_quotes", "option_chains"):
         assert await mongo[db_name][collection].count_documents({}) == 1, collection
     assert len(heard.on("enriched:underlying")) == 1

@@ -215,7 +215,8 @@ async def test_overload_conflates_chains_to_the_newest(
 
     await wait_for(lambda: processed() + superseded() == len(chains), timeout=60, what="every chain accounted for")
     assert superseded() > 0
-    await wait_for(lambda: app.store is not None and app.store.buffered == 0, what="flush")
+    assert app.store is not None
+    await asyncio.wait_for(app.store.wait_idle(), 30)  # nothing buffered, nothing in flight
     assert await count(mongo, db_name, "option_chains") == processed()
     newest: dict[str, dict[str, Any]] = {}
     for payload in chains:
