@@ -271,13 +271,14 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[tuple[str, Se
 QUEUES = ("underlying", "option_quote", "option_chain")  # short channel names, as queue_gauges keys them
 
 
-def queue_gauges(port: int, name: str) -> dict[str, float]:
-    """One of enricher's per-queue gauges from its /metrics, by short channel name ("underlying", ...)."""
+def queue_gauges(port: int, *names: str) -> list[dict[str, float]]:
+    """enricher's per-queue gauges `names` from one scrape of its /metrics, each by short
+    channel name ("underlying", ...)."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         text = response.read().decode()
-    values: dict[str, float] = {}
+    values: dict[str, dict[str, float]] = {name: {} for name in names}
     for family in text_string_to_metric_families(text):
-        if family.name == name:
+        if family.name in values:
             for sample in family.samples:
-                values[sample.labels["channel"].split(":")[1]] = sample.value
-    return values
+                values[family.name][sample.labels["channel"].split(":")[1]] = sample.value
+    return [values[name] for name in names]

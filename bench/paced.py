@@ -137,5 +137,5 @@ def _p50_p99(latencies: list[float] | None) -> str:
 
 def _peak_queues(port: int) -> str:
     """Each queue's high-water mark (enricher_queue_depth_peak) as a percentage of its capacity."""
-    peaks, capacities = (queue_gauges(port, name) for name in ("enricher_queue_depth_peak", "enricher_queue_capacity"))
+    peaks, capacities = queue_gauges(port, "enricher_queue_depth_peak", "enricher_queue_capacity")
     return "/".join(f"{100.0 * peaks[name] / capacities[name]:.2g}" for name in QUEUES)

@@ -66,15 +66,16 @@ async def main(args: argparse.Namespace) -> int:
             print(f"\n{'t (s)':>6} {'RSS MiB':>8}   queue depths (ticks quotes chains)")
             while (elapsed := time.monotonic() - started) < args.duration:
                 rss = sum(rss_kib(pid) for pid in process_tree(daemon.pid)) / 1024
-                depths = await asyncio.to_thread(queue_gauges, port, "enricher_queue_depth")
+                [depths] = await asyncio.to_thread(queue_gauges, port, "enricher_queue_depth")
                 series.append((elapsed, rss))
                 shown = " ".join(f"{depths.get(name, 0):.0f}" for name in QUEUES)
                 print(f"{elapsed:6.0f} {rss:8.1f}   {shown}", flush=True)
                 await asyncio.sleep(args.every)
             stop.set()
             counts = await publisher
-            peaks = await asyncio.to_thread(queue_gauges, port, "enricher_queue_depth_peak")
-            capacities = await asyncio.to_thread(queue_gauges, port, "enricher_queue_capacity")
+            peaks, capacities = await asyncio.to_thread(
+                queue_gauges, port, "enricher_queue_depth_peak", "enricher_queue_capacity"
+            )
         finally:
             await asyncio.to_thread(stop_process, daemon)
             await redis.aclose()
