@@ -46,15 +46,15 @@ for i, key in ipairs(cjson.decode(ARGV[2])) do
 end
 return table.concat(claims)
 """
-_DONE: Final = """
-local keys = cjson.decode(ARGV[2])
-for _, key in ipairs(keys) do redis.call('SET', key, 'd', 'EX', ARGV[1]) end
-return #keys
-"""
-# The same, inside another script (cache.py writes the outputs and, with persistence off,
-# the done marks in one call): `done` is a decoded array of keys, `done_ttl` seconds.
+# Marking done, as a piece of script: `done` is a decoded array of keys, `done_ttl` seconds.
+# Also inside cache.py's write, which with persistence off marks them in the same call.
 DONE_LUA: Final = """
 for _, key in ipairs(done) do redis.call('SET', key, 'd', 'EX', done_ttl) end
+"""
+_DONE: Final = f"""
+local done, done_ttl = cjson.decode(ARGV[2]), ARGV[1]
+{DONE_LUA}
+return #done
 """
 _CLAIMS: Final = (Claim.NEW, Claim.DONE, Claim.BUSY)
 _ZERO: Final = ord("0")
