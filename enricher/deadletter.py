@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 from enricher import __version__
 from enricher.errors import honour_cancel
 from enricher.metrics import Metrics
-from enricher.records import CHANNELS
+from enricher.records import CHANNELS, json_object
 from enricher.source import Receipt
 
 DLQ_KEY: Final = "dlq:enrichment"
@@ -110,14 +110,6 @@ class Entry:
         return (channel is None or self.channel == channel) and (error_type is None or self.error_type == error_type)
 
 
-def _decode(raw: bytes) -> dict[str, Any]:
-    try:
-        record = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return {}
-    return record if isinstance(record, dict) else {}
-
-
 async def scan(redis: Redis) -> AsyncIterator[Entry]:
     """The list as it stood when the scan began, newest first."""
     length = int(await redis.llen(DLQ_KEY))
@@ -126,7 +118,7 @@ async def scan(redis: Redis) -> AsyncIterator[Entry]:
         page = await redis.lrange(DLQ_KEY, start - length, stop - length)
         for offset, element in enumerate(page):
             raw = element if isinstance(element, bytes) else str(element).encode()
-            yield Entry(start + offset, raw, _decode(raw))
+            yield Entry(start + offset, raw, json_object(raw))
 
 
 async def select(redis: Redis, channel: str | None, error_type: str | None, limit: int | None) -> list[Entry]:

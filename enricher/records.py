@@ -12,6 +12,7 @@ from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 
 UNDERLYING: Final = "market:underlying"
 OPTION_QUOTE: Final = "market:option_quote"
@@ -20,6 +21,15 @@ CHANNELS: Final = (UNDERLYING, OPTION_QUOTE, OPTION_CHAIN)
 
 FloatArray = npt.NDArray[np.float64]
 Json = dict[str, Any]
+
+
+def json_object(raw: bytes) -> Json:
+    """`raw` decoded, if it is a JSON object; else (not JSON, or another type) an empty one."""
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
 
 
 def utc_iso(moment: datetime) -> str:

@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from datetime import tzinfo
 from typing import Any
 
-import orjson
 import structlog
 from redis.asyncio import Redis
 
@@ -34,7 +33,7 @@ from enricher import cache as keys
 from enricher.analytics.candles import Candle
 from enricher.analytics.model import model_chain
 from enricher.messages import parse
-from enricher.records import OPTION_CHAIN, Chain, InvalidMessage
+from enricher.records import OPTION_CHAIN, Chain, InvalidMessage, json_object
 from enricher.state import CANDLE_WINDOWS, MarketState
 
 log = structlog.get_logger("enricher.takeover")
@@ -63,11 +62,11 @@ async def recall(redis: Redis, products: Sequence[str]) -> dict[str, Memory]:
         underlying, surface, *candles = replies[index * per_product : (index + 1) * per_product]
         memory = memories[product] = Memory()
         if underlying:
-            price = _json(underlying).get("price")
+            price = json_object(underlying).get("price")
             if isinstance(price, int | float):
                 memory.spot = float(price)
-        memory.candles = [doc for doc in map(_json, filter(None, candles)) if doc]
-        listed = _json(surface).get("expiries") if surface else None
+        memory.candles = [doc for doc in map(json_object, filter(None, candles)) if doc]
+        listed = json_object(surface).get("expiries") if surface else None
         expiries = [e.get("expiry") for e in listed if isinstance(e, dict)] if isinstance(listed, list) else []
         chain_keys += [(product, keys.chain_key(product, expiry)) for expiry in expiries if isinstance(expiry, str)]
     if chain_keys:
@@ -106,11 +105,3 @@ def adopt(state: MarketState, product: str, memory: Memory, feed_tz: tzinfo) -> 
         state.surfaces.apply_model(chain, model, chain.doc["timestamp"])
         restored += 1
     return restored
-
-
-def _json(value: bytes) -> dict[str, Any]:
-    try:
-        doc = orjson.loads(value)
-    except orjson.JSONDecodeError:
-        return {}
-    return doc if isinstance(doc, dict) else {}
