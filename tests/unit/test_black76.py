@@ -189,14 +189,14 @@ def test_shapes_scalars_and_pickling() -> None:
 _any_float = st.floats(allow_nan=True, allow_infinity=True, width=64)
 
 
+def _any_options(min_size: int) -> st.SearchStrategy[list[tuple[float, float, float, float, bool, float]]]:
+    """Batches of (F, K, T, price, is_call, r) made of any floats at all."""
+    option = st.tuples(_any_float, _any_float, _any_float, _any_float, st.booleans(), _any_float)
+    return st.lists(option, min_size=min_size, max_size=40)
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=SLOW_DATA)
-@given(
-    st.lists(
-        st.tuples(_any_float, _any_float, _any_float, _any_float, st.booleans(), _any_float),
-        min_size=1,
-        max_size=40,
-    )
-)
+@given(_any_options(min_size=1))
 def test_no_nan_or_inf_in_an_ok_slot_for_any_input(
     rows: list[tuple[float, float, float, float, bool, float]],
 ) -> None:
@@ -328,13 +328,7 @@ def test_chunks_give_the_same_bits_as_one_call(monkeypatch: pytest.MonkeyPatch) 
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=SLOW_DATA)
-@given(
-    st.lists(
-        st.tuples(_any_float, _any_float, _any_float, _any_float, st.booleans(), _any_float),
-        min_size=2,
-        max_size=40,
-    )
-)
+@given(_any_options(min_size=2))
 def test_any_batch_solves_each_option_as_it_would_alone(
     rows: list[tuple[float, float, float, float, bool, float]],
 ) -> None:
