@@ -27,7 +27,7 @@ from enricher.cache import Cache
 from enricher.deadletter import DeadLetters
 from enricher.health import HealthServer, track_dlq_length
 from enricher.idempotency import Idempotency
-from enricher.intake import ChannelQueue, next_batch
+from enricher.intake import ChannelQueue, take
 from enricher.metrics import Metrics
 from enricher.overflow import Backlog, ConflatingBacklog, SpillingBacklog
 from enricher.pipeline import Pipeline
@@ -192,10 +192,17 @@ class Enricher:
         limit, max_bytes = self.settings.batch_max, self.settings.batch_max_bytes
         live_first, tier = self.live_first, TIERS[channel]
         while True:
-            batch = await next_batch(queue.queue, limit, max_bytes)
+            # Wait for earlier tiers with the messages still queued, so later tiers see them
+            # (priority.py), and so the batch takes everything that arrived meanwhile: a feed
+            # second's eight chains come interleaved with ticks, and taken before the wait they
+            # went as two or three batches, each with its own round trips and model call.
+            await queue.queue.filled()
+            await live_first.wait(tier)
+            batch = take(queue.queue, limit, max_bytes)
+            if not batch:  # another worker of this channel took them
+                continue
             try:
-                with live_first.batch(tier):  # taken from its queue: later tiers wait for it from now
-                    await live_first.wait(tier)
+                with live_first.batch(tier):
                     await handle(channel, batch)
             except asyncio.CancelledError:
                 # The hard deadline cut this batch off mid-way: some of it may be stored, some
