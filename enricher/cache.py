@@ -43,9 +43,11 @@ STAMP_PREFIX: Final = "enricher:stamp:"
 #     result (idempotency.py), marked in the same call
 #   ARGV[2...]: the blobs
 BLOB: Final = 1024
+ZADD_ARGS: Final = 1000  # scores and members per ZADD: one call for a surface, well inside Lua's stack
 _WRITE: Final = f"""
 local batch = cjson.decode(ARGV[1])
 local prefix = '{STAMP_PREFIX}'
+local ZADD_ARGS = {ZADD_ARGS}
 local function value(v)
     if type(v) == 'number' then return ARGV[v] end
     return v
@@ -64,7 +66,9 @@ for _, z in ipairs(batch[2]) do
     local current = redis.call('GET', stamp_key)
     if not current or current <= stamp then
         redis.call('DEL', key)
-        for i = 1, #members, 2 do redis.call('ZADD', key, members[i], members[i + 1]) end
+        for i = 1, #members, ZADD_ARGS do
+            redis.call('ZADD', key, unpack(members, i, math.min(i + ZADD_ARGS - 1, #members)))
+        end
         redis.call('SET', stamp_key, stamp)
     end
 end
