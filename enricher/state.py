@@ -168,7 +168,7 @@ class MarketState:
                 continue
             stamp = self.surfaces.stamp(product)
             applied.outputs.set(keys.surface_key(product), orjson.dumps(snapshot), settings.cache_ttl, stamp)
-            points = self.surfaces.points(snapshot, settings.iv_surface_max)
+            points = self.surfaces.points(product, settings.iv_surface_max)
             applied.outputs.replace_sorted_set(keys.iv_surface_key(product), points, stamp)
             now = time.monotonic()
             if now - self._surface_saved.get(product, -1e18) >= settings.surface_snapshot_interval:

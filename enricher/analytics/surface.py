@@ -14,12 +14,17 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
 from enricher.analytics.expiry import ChainModel
 from enricher.records import Chain, Quote
+
+
+class Rendered(NamedTuple):
+    entry: dict[str, Any] | None  # None: no strike has an IV
+    members: list[tuple[bytes, float]]
 
 
 @dataclass(slots=True)
@@ -31,6 +36,10 @@ class Smile:
     bf25: float | None = None
     chain_time: float = -math.inf  # event time (epoch s) of the chain it came from
     ivs: dict[float, list[float]] = field(default_factory=dict)  # strike -> [call iv, put iv, call t, put t]
+    # Its snapshot entry and sorted-set members, kept until it changes: a batch changes one or
+    # two expiries of a product, and rebuilding every expiry's lists on each batch was ~0.1 ms
+    # a product (a fifth of a chain batch's loop time).
+    rendered: Rendered | None = None
 
 
 @dataclass(slots=True)
@@ -101,6 +110,7 @@ class SurfaceBook:
             return
         pair[side] = iv
         pair[2 + side] = moment
+        smile.rendered = None
         self._touch(surface, moment, event_time)
         self._prune(surface, quote.timestamp.date())
 
@@ -126,51 +136,67 @@ class SurfaceBook:
             del surface.expiries[max(surface.expiries)]
 
     def snapshot(self, product: str) -> dict[str, Any] | None:
+        """The contract's `volatility_surface:{product}` value; None before any update."""
         surface = self._products.get(product)
         if surface is None:
             return None
-        expiries = []
-        for expiry in sorted(surface.expiries):
-            smile = surface.expiries[expiry]
-            strikes, ivs, call_ivs, put_ivs = [], [], [], []
-            pivot = smile.forward if math.isfinite(smile.forward) else smile.spot
-            for strike in sorted(smile.ivs):
-                call_iv, put_iv = smile.ivs[strike][:2]
-                otm, itm = (put_iv, call_iv) if strike < pivot else (call_iv, put_iv)
-                chosen = otm if not math.isnan(otm) else itm
-                if math.isnan(chosen):
-                    continue
-                strikes.append(strike)
-                ivs.append(round(chosen, 6))
-                call_ivs.append(None if math.isnan(call_iv) else call_iv)
-                put_ivs.append(None if math.isnan(put_iv) else put_iv)
-            if not strikes:
-                continue
-            expiries.append(
-                {
-                    "expiry": expiry,
-                    "strikes": strikes,
-                    "ivs": ivs,
-                    "avg_iv": round(sum(ivs) / len(ivs), 4),
-                    "call_ivs": call_ivs,
-                    "put_ivs": put_ivs,
-                    "atm_iv": smile.atm_iv if smile.atm_iv is not None else _nearest_iv(strikes, ivs, pivot),
-                    "forward": None if math.isnan(smile.forward) else smile.forward,
-                    "rr25": smile.rr25,
-                    "bf25": smile.bf25,
-                }
-            )
+        expiries = [
+            entry
+            for entry in (_rendered(expiry, surface.expiries[expiry]).entry for expiry in sorted(surface.expiries))
+            if entry
+        ]
         return {"product": product, "timestamp": surface.timestamp, "expiries": expiries}
 
-    def points(self, snapshot: dict[str, Any], limit: int) -> list[tuple[bytes, float]]:
-        """Members for `iv_surface:{product}`: {"strike","iv","expiry"} JSON, score = strike."""
+    def points(self, product: str, limit: int) -> list[tuple[bytes, float]]:
+        """Members for `iv_surface:{product}`: {"strike","iv","expiry"} JSON, score = strike,
+        at most `limit`, in the snapshot's order."""
+        surface = self._products.get(product)
         members: list[tuple[bytes, float]] = []
-        for smile in snapshot["expiries"]:
-            for strike, iv in zip(smile["strikes"], smile["ivs"], strict=True):
-                if len(members) >= limit:
-                    return members
-                members.append((orjson.dumps({"strike": strike, "iv": iv, "expiry": smile["expiry"]}), strike))
+        if surface is None:
+            return members
+        for expiry in sorted(surface.expiries):
+            members += _rendered(expiry, surface.expiries[expiry]).members[: limit - len(members)]
+            if len(members) >= limit:
+                break
         return members
+
+
+def _rendered(expiry: str, smile: Smile) -> Rendered:
+    """`smile`'s snapshot entry and members, built once per change."""
+    if smile.rendered is not None:
+        return smile.rendered
+    strikes, ivs, call_ivs, put_ivs = [], [], [], []
+    pivot = smile.forward if math.isfinite(smile.forward) else smile.spot
+    for strike in sorted(smile.ivs):
+        call_iv, put_iv = smile.ivs[strike][:2]
+        otm, itm = (put_iv, call_iv) if strike < pivot else (call_iv, put_iv)
+        chosen = otm if not math.isnan(otm) else itm
+        if math.isnan(chosen):
+            continue
+        strikes.append(strike)
+        ivs.append(round(chosen, 6))
+        call_ivs.append(None if math.isnan(call_iv) else call_iv)
+        put_ivs.append(None if math.isnan(put_iv) else put_iv)
+    entry = None
+    if strikes:
+        entry = {
+            "expiry": expiry,
+            "strikes": strikes,
+            "ivs": ivs,
+            "avg_iv": round(sum(ivs) / len(ivs), 4),
+            "call_ivs": call_ivs,
+            "put_ivs": put_ivs,
+            "atm_iv": smile.atm_iv if smile.atm_iv is not None else _nearest_iv(strikes, ivs, pivot),
+            "forward": None if math.isnan(smile.forward) else smile.forward,
+            "rr25": smile.rr25,
+            "bf25": smile.bf25,
+        }
+    members = [
+        (orjson.dumps({"strike": strike, "iv": iv, "expiry": expiry}), strike)
+        for strike, iv in zip(strikes, ivs, strict=True)
+    ]
+    smile.rendered = Rendered(entry, members)
+    return smile.rendered
 
 
 def _nearest_iv(strikes: list[float], ivs: list[float], spot: float) -> float | None:
