@@ -11,7 +11,17 @@ from typing import Any
 import orjson
 
 from bench import harness
-from bench.common import QUEUES, Key, TreeSampler, fmt, latencies_ms, percentile, print_table, queue_gauges
+from bench.common import (
+    QUEUES,
+    Key,
+    TreeSampler,
+    fmt,
+    latencies_ms,
+    output_key,
+    percentile,
+    print_table,
+    queue_gauges,
+)
 from enricher.feed.publisher import publish_paced
 from enricher.feed.synthetic import Message, SyntheticFeed
 from enricher.records import OPTION_CHAIN, OPTION_QUOTE, UNDERLYING
@@ -86,6 +96,7 @@ async def run_one(ctx: harness.Context, kind: str, rate: float, duration: float)
         for channel in ctx.listener.channels:
             arrivals = [arrival for arrival in ctx.listener.arrivals if arrival[1] == channel]
             result.by_output[channel] = latencies_ms(arrivals, sent)[0]
+        result.notes.append(_slowest(ctx.listener.arrivals, sent, start))
         if done.end is None:
             result.notes.append(f"INCOMPLETE after {ctx.timeout:.0f} s (exit status {done.exited})")
         if unmatched:
@@ -127,6 +138,18 @@ async def run_all(ctx: harness.Context, rates: Sequence[float], duration: float,
     for r in results:
         for note in r.notes:
             print(f"  [{r.name}] {note}")
+
+
+def _slowest(arrivals: Sequence[tuple[float, str, bytes]], sent: dict[Key, float], start: float, count: int = 6) -> str:
+    """The slowest outputs, and when in the run their inputs were sent: a tail made of one
+    moment (the first second, say) reads differently from one spread over the run."""
+    seen = []
+    for at, channel, data in arrivals:
+        key = output_key(data)
+        if key in sent:
+            seen.append(((at - sent[key]) * 1000.0, sent[key] - start, channel.rsplit(":", 1)[-1]))
+    worst = sorted(seen, reverse=True)[:count]
+    return "slowest: " + ", ".join(f"{ms:.1f} ms ({kind} sent at +{when:.1f} s)" for ms, when, kind in worst)
 
 
 def _p50_p99(latencies: list[float] | None) -> str:

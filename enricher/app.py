@@ -11,7 +11,7 @@ import asyncio
 import gc
 import signal
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any, Final, Self, TypeVar
@@ -45,8 +45,14 @@ T = TypeVar("T")
 
 
 class Enricher:
-    def __init__(self, settings: Settings, *, source: Source | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, source: Source | None = None, settle: Callable[[], None] | None = None
+    ) -> None:
+        """`settle` runs once everything is built, just before the source subscribes: the daemon
+        collects and freezes its start-up heap there (`quiet_collector`), a ~25 ms pause that
+        a message already arriving would wait behind."""
         self.settings = settings
+        self._settle = settle
         self.metrics = Metrics()
         self.source: Source = source or _source(settings, self.metrics)
         self.store: MongoStore | None = None
@@ -133,6 +139,8 @@ class Enricher:
         if self.store is not None:
             self._services.append(asyncio.create_task(self.store.run(), name="store"))
             self._services.append(asyncio.create_task(self._create_indexes(), name="indexes"))
+        if self._settle is not None:
+            self._settle()
         self._intake = asyncio.create_task(self._read(), name="intake")
         await self._until_ready(ready_timeout)
         systemd.ready()
@@ -365,7 +373,8 @@ GC_THRESHOLDS: Final = (20_000, 20, 50)
 
 
 def quiet_collector() -> None:
-    """After start-up: move what exists to the permanent generation, and collect less often."""
+    """Once start-up has built everything: move what exists to the permanent generation, and
+    collect less often."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
@@ -386,8 +395,7 @@ async def serve(settings: Settings) -> int:
         loop.add_signal_handler(signum, stop.set)
     loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
     try:
-        async with Enricher(settings) as app:
-            quiet_collector()
+        async with Enricher(settings, settle=quiet_collector) as app:
             await app.wait(stop)
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):

@@ -134,3 +134,21 @@ async def test_mongo_client_timeouts_come_from_the_settings(
         assert options.timeout == 7.0
     finally:
         await app.stop()
+
+
+async def test_settle_runs_once_everything_is_built_and_before_the_subscription(
+    make_settings: Callable[..., Settings], redis: Redis
+) -> None:
+    seen: list[tuple[bool, int]] = []
+    app: Enricher
+
+    def settle() -> None:  # the daemon collects and freezes its heap here: no message may wait behind it
+        seen.append((app.source.ready.is_set(), len(app.queues)))
+
+    app = Enricher(make_settings(), settle=settle)
+    await app.start()
+    try:
+        assert seen == [(False, 3)]
+        assert await subscribed(redis)
+    finally:
+        await app.stop()
