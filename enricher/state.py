@@ -18,7 +18,7 @@ from enricher import cache as keys
 from enricher.analytics.candles import Candle, CandleBook
 from enricher.analytics.expiry import ChainSnapshot
 from enricher.analytics.jobs import ChainResults
-from enricher.analytics.model import ModelConfig, model_quotes
+from enricher.analytics.model import ModelConfig, model_quotes, quote_ivs
 from enricher.analytics.surface import SurfaceBook
 from enricher.cache import Outputs
 from enricher.gaps import GapDetector
@@ -57,6 +57,7 @@ class MarketState:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self._settings = settings
         self._metrics = metrics
+        self.persist = settings.persist  # False: the documents for MongoDB are not even built
         self.model = model_config(settings)
         self.candles = CandleBook(CANDLE_WINDOWS)
         self.surfaces = SurfaceBook(max_strikes=settings.max_strikes)
@@ -97,8 +98,9 @@ class MarketState:
                 "processed_at": now_iso,
             }
             out.publish(keys.ENRICHED_UNDERLYING, orjson.dumps(event))
-            doc = {**tick.doc, "_id": tick.identity, "timestamp": tick.timestamp, "processed_at": now}
-            applied.documents.append(Pending(doc, key, UNDERLYING, raw.data, raw.receipt))
+            if self.persist:
+                doc = {**tick.doc, "_id": tick.identity, "timestamp": tick.timestamp, "processed_at": now}
+                applied.documents.append(Pending(doc, key, UNDERLYING, raw.data, raw.receipt))
         for product in touched:
             for window in CANDLE_WINDOWS:
                 candle = self.candles.current(product, window)
@@ -112,19 +114,21 @@ class MarketState:
         applied, ttl = Applied(), self._settings.cache_ttl
         quotes: list[Quote] = [record for record, _, _ in items]  # type: ignore[misc]
         forwards = [self.forwards.get((q.product, q.expiry), self.spots.get(q.product)) for q in quotes]
-        models = model_quotes(quotes, forwards, self.model)
+        # The model goes to MongoDB only; without it, the surface needs just the IVs.
+        models = model_quotes(quotes, forwards, self.model) if self.persist else None
+        ivs = [model["iv"] for model in models] if models is not None else quote_ivs(quotes, forwards, self.model)
         touched: set[str] = set()
-        for (_, raw, key), quote, model in zip(items, quotes, models, strict=True):
+        for i, ((_, raw, key), quote) in enumerate(zip(items, quotes, strict=True)):
             # The cache keeps the quote as received (CONTRACT §2): its own bytes, not encoded
             # again, unless it is a GDF row, which carries the canonical names too (README).
-            # The model goes to MongoDB.
             value = orjson.dumps(quote.doc) if is_gdf(quote.doc) else raw.data
             applied.outputs.set(keys.option_key(quote.symbol), value, ttl, quote.stamp)
-            self.surfaces.apply_quote(quote, quote.doc["timestamp"], model.get("iv"))
+            self.surfaces.apply_quote(quote, quote.doc["timestamp"], ivs[i])
             touched.add(quote.product)
-            doc = {**quote.doc, "model": model, "_id": quote.identity, "timestamp": quote.timestamp}
-            doc["processed_at"] = now
-            applied.documents.append(Pending(doc, key, OPTION_QUOTE, raw.data, raw.receipt))
+            if models is not None:
+                doc = {**quote.doc, "model": models[i], "_id": quote.identity, "timestamp": quote.timestamp}
+                doc["processed_at"] = now
+                applied.documents.append(Pending(doc, key, OPTION_QUOTE, raw.data, raw.receipt))
         self._surface_outputs(applied, touched)
         return applied
 
@@ -155,8 +159,9 @@ class MarketState:
             out.publish(keys.ENRICHED_CHAIN, data)
             self.surfaces.apply_model(chain, model, received)
             touched.add(chain.product)
-            doc = {**enriched, "_id": chain.identity, "timestamp": chain.timestamp}
-            applied.documents.append(Pending(doc, key, OPTION_CHAIN, raw.data, raw.receipt))
+            if self.persist:
+                doc = {**enriched, "_id": chain.identity, "timestamp": chain.timestamp}
+                applied.documents.append(Pending(doc, key, OPTION_CHAIN, raw.data, raw.receipt))
         self._surface_outputs(applied, touched)
         return applied
 

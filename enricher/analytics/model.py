@@ -61,6 +61,7 @@ __all__ = [
     "model_chain",
     "model_chains",
     "model_quotes",
+    "quote_ivs",
     "time_to_expiry",
 ]
 
@@ -214,6 +215,31 @@ def _number(row: object, key: str) -> float:
     return float(value) if isinstance(value, int | float) else math.nan
 
 
+def _implied(
+    forward: FloatArray,
+    strike: FloatArray,
+    years: FloatArray,
+    value: FloatArray,
+    is_call: npt.NDArray[np.bool_],
+    r: float,
+) -> tuple[FloatArray, StatusArray, npt.NDArray[np.bool_]]:
+    """(IV, status, status is OK) per option: the solver's, under the model's own statuses;
+    the IV is NaN wherever the status is not OK."""
+    iv, status = black76.implied_vol(forward, strike, years, value, is_call, r=r)
+    # The model's own statuses, over the solver's: each mask is usually empty.
+    for overriding, code in (
+        (~np.isfinite(value), NO_PRICE),
+        (~((forward > 0.0) & np.isfinite(forward)), NO_FORWARD),
+        (years <= 0.0, black76.EXPIRED),
+    ):
+        if some(overriding):
+            status[overriding] = code
+    ok = status == black76.OK
+    if not every(ok):
+        iv = np.where(ok, iv, np.nan)
+    return iv, status, ok
+
+
 class _Solved:
     """IV and greeks of a batch of options, NaN wherever the status is not OK: the `model`
     columns of each option, with its price used."""
@@ -228,19 +254,8 @@ class _Solved:
         r: float,
     ) -> None:
         value, code = price
-        iv, status = black76.implied_vol(forward, strike, years, value, is_call, r=r)
-        # The model's own statuses, over the solver's: each mask is usually empty.
-        for overriding, code_ in (
-            (~np.isfinite(value), NO_PRICE),
-            (~((forward > 0.0) & np.isfinite(forward)), NO_FORWARD),
-            (years <= 0.0, black76.EXPIRED),
-        ):
-            if some(overriding):
-                status[overriding] = code_
-        ok = status == black76.OK
+        iv, status, ok = _implied(forward, strike, years, value, is_call, r)
         everywhere = every(ok)
-        if not everywhere:
-            iv = np.where(ok, iv, np.nan)
         values = np.array([iv, *black76.black76_greeks(forward, strike, years, iv, is_call, r=r), value])
         if not everywhere:
             values[1:5, ~ok] = np.nan  # black76_greeks gives gamma = vega = 0, not NaN, at a NaN vol
@@ -341,16 +356,33 @@ def model_quotes(quotes: Sequence[Quote], forwards: Sequence[float | None], conf
     `forwards[i]` is quote i's forward: the latest chain forward of its (product, expiry),
     else its product's latest spot, else None (status "no_forward").
     """
-    if len(forwards) != len(quotes):
-        raise ValueError(f"{len(forwards)} forwards for {len(quotes)} quotes")
     if not quotes:
         return []
+    forward, strike, years, price, is_call = _quote_inputs(quotes, forwards, config)
+    return _Solved(forward, strike, years, price, is_call, config.r).columns.models()
+
+
+def quote_ivs(quotes: Sequence[Quote], forwards: Sequence[float | None], config: ModelConfig) -> list[float | None]:
+    """Each quote's model IV alone, None where its status is not OK: what the surface needs
+    when the model is not stored (persistence off), at the cost of the solver alone."""
+    if not quotes:
+        return []
+    forward, strike, years, (value, _), is_call = _quote_inputs(quotes, forwards, config)
+    iv, _, ok = _implied(forward, strike, years, value, is_call, config.r)
+    return [v if good and math.isfinite(v) else None for v, good in zip(iv.tolist(), ok.tolist(), strict=True)]
+
+
+def _quote_inputs(
+    quotes: Sequence[Quote], forwards: Sequence[float | None], config: ModelConfig
+) -> tuple[FloatArray, FloatArray, FloatArray, tuple[FloatArray, StatusArray], npt.NDArray[np.bool_]]:
+    """(forward, strike, years, price used, is call) of each quote (see `model_quotes`)."""
+    if len(forwards) != len(quotes):
+        raise ValueError(f"{len(forwards)} forwards for {len(quotes)} quotes")
     strike, bid, ask, last = np.array([(q.strike, q.bid, q.ask, q.last) for q in quotes], dtype=np.float64).T
     is_call = np.array([q.option_type == "CALL" for q in quotes])
     years = np.array([time_to_expiry(q.product, q.expiry, q.timestamp, config) for q in quotes])
     forward = np.array([math.nan if f is None else f for f in forwards], dtype=np.float64)
-    price = price_used(bid, ask, last, config.max_spread)
-    return _Solved(forward, strike, years, price, is_call, config.r).columns.models()
+    return forward, strike, years, price_used(bid, ask, last, config.max_spread), is_call
 
 
 def _concat(arrays: list[FloatArray]) -> FloatArray:

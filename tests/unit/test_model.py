@@ -16,7 +16,15 @@ from hypothesis import strategies as st
 
 from enricher.analytics.black76 import black76_greeks, black76_price
 from enricher.analytics.expiry import ChainSnapshot, classify_buildup, gex_flip_strike, skew_25
-from enricher.analytics.model import ModelConfig, for_pool, model_chain, model_chains, model_quotes, time_to_expiry
+from enricher.analytics.model import (
+    ModelConfig,
+    for_pool,
+    model_chain,
+    model_chains,
+    model_quotes,
+    quote_ivs,
+    time_to_expiry,
+)
 from enricher.feed.pricing import smile_vol, year_fraction
 from enricher.feed.synthetic import PRODUCTS, SyntheticFeed, expiry_instant
 from enricher.messages import parse
@@ -423,6 +431,43 @@ def test_iv_increases_with_price(strike: float, p1: float, p2: float, is_call: b
     assert_plain([low, high])
     if low["status"] == high["status"] == "ok":
         assert low["iv"] <= high["iv"]
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.floats(allow_nan=True, allow_infinity=True),  # strike
+            st.floats(allow_nan=True, allow_infinity=True),  # bid
+            st.floats(allow_nan=True, allow_infinity=True),  # ask
+            st.floats(allow_nan=True, allow_infinity=True),  # last
+            st.booleans(),
+            st.floats(-24.0 * 30, 24.0 * 400),  # hours before expiry; negative: expired
+            st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True)),  # forward
+        ),
+        max_size=8,
+    )
+)
+def test_quote_ivs_are_the_models_ivs(rows: list[tuple[float, float, float, float, bool, float, float | None]]) -> None:
+    quotes = [
+        Quote(
+            symbol="X",
+            product="AAPL",
+            expiry="2025-09-19",
+            strike=strike,
+            option_type="CALL" if is_call else "PUT",
+            bid=bid,
+            ask=ask,
+            last=last,
+            volume=0,
+            open_interest=0,
+            iv=None,
+            timestamp=datetime(2025, 9, 19, 20, 0, tzinfo=UTC) - timedelta(hours=hours),
+            doc={},
+        )
+        for strike, bid, ask, last, is_call, hours, _ in rows
+    ]
+    forwards = [forward for *_, forward in rows]
+    assert quote_ivs(quotes, forwards, CONFIG) == [model["iv"] for model in model_quotes(quotes, forwards, CONFIG)]
 
 
 # (5) OI build-up.
