@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from enricher.records import utc_iso
 from enricher.timestamps import expiry_from_instrument, parse_event_time, parse_expiry
 
 KOLKATA = ZoneInfo("Asia/Kolkata")
@@ -166,3 +167,9 @@ def test_bad_instrument(name: str) -> None:
 def test_instrument_must_be_a_string(value: object) -> None:
     with pytest.raises(ValueError, match="string"):
         expiry_from_instrument(value)  # type: ignore[arg-type]
+
+
+@given(st.datetimes(timezones=st.just(UTC)))
+def test_utc_iso_is_one_fixed_width_spelling(moment: datetime) -> None:
+    assert utc_iso(moment) == moment.isoformat(timespec="microseconds")
+    assert len(utc_iso(moment)) == len("2025-01-20T04:00:00.000000+00:00")
