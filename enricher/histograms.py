@@ -13,6 +13,7 @@ from itertools import accumulate
 from math import isnan
 from typing import Final
 
+import numpy as np
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from enricher.records import CHANNELS
@@ -68,6 +69,8 @@ GAUGES: Final[dict[str, str]] = {
     LOOP_LAG: "How late the event loop's last heartbeat woke up, seconds",
 }
 
+VECTOR_MIN: Final = 64  # values in a batch from which observe_all goes through numpy
+
 # Metrics.events name -> (counter name, help). A missing event is exposed as 0.
 
 
@@ -93,6 +96,21 @@ class Histogram:
             return
         self._counts[bisect_left(self.bounds, value)] += 1  # le is inclusive: bisect_left
         self._sum += value
+
+    def observe_all(self, values: list[float]) -> None:
+        """`observe` each value: a big batch in a few numpy calls (a quote batch's 500
+        latencies took ~0.3 µs each one by one, ~2% of the burst's event loop)."""
+        if len(values) < VECTOR_MIN:
+            for value in values:
+                self.observe(value)
+            return
+        array = np.asarray(values, dtype=np.float64)
+        array = np.maximum(array[~np.isnan(array)], 0.0)
+        counts = self._counts
+        slots = np.bincount(np.searchsorted(self.bounds, array, side="left"), minlength=len(counts))
+        for slot in slots.nonzero()[0].tolist():
+            counts[slot] += int(slots[slot])
+        self._sum += float(array.sum())
 
     @property
     def count(self) -> int:
@@ -138,9 +156,7 @@ class Histograms:
 
     def observe_many(self, name: str, label: str, values: Iterable[float]) -> None:
         """One lookup for a whole batch, e.g. each message's latency."""
-        observe = self.series(name, label).observe
-        for value in values:
-            observe(value)
+        self.series(name, label).observe_all(list(values))
 
     def set_gauge(self, name: str, value: float) -> None:
         if name not in GAUGES:
