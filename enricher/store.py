@@ -233,7 +233,11 @@ class MongoStore:
             return await self._insert_next(collection, queue)
 
     async def _insert_next(self, collection: str, queue: deque[Pending]) -> bool:
-        batch = [queue.popleft() for _ in range(min(len(queue), self._max_docs))]
+        batch: list[Pending] = []
+        size = 0
+        while queue and len(batch) < self._max_docs and size < INSERT_MAX_BYTES:
+            batch.append(queue.popleft())
+            size += _size(batch[-1])
         if not batch:  # the other flusher (run() or a shutdown flush()) took them first
             return True
         self._size -= len(batch)
@@ -313,6 +317,9 @@ class MongoStore:
 # an InvalidDocument, for one over the server's size limit).
 UNENCODABLE: Final = (InvalidDocument, OverflowError)
 MAX_BSON_SIZE: Final = 16 * 1024 * 1024  # MongoDB's maxBsonObjectSize
+# An insert_many also stops at this much BSON (the document that reaches it included): PyMongo
+# builds each message whole in memory, up to 48 MB, beside the buffered documents it copies.
+INSERT_MAX_BYTES: Final = 4 * 1024 * 1024
 
 
 def _size(entry: Pending) -> int:

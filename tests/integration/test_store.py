@@ -12,9 +12,10 @@ from pymongo import AsyncMongoClient
 from redis.asyncio import Redis
 
 from enricher.deadletter import DLQ_KEY, DeadLetters
+from enricher.histograms import MONGO_BATCH_SIZE
 from enricher.metrics import Metrics
 from enricher.records import UNDERLYING
-from enricher.store import MAX_BSON_SIZE, TICKS, MongoStore, Pending
+from enricher.store import INSERT_MAX_BYTES, MAX_BSON_SIZE, TICKS, MongoStore, Pending
 
 Mongo = AsyncMongoClient[dict[str, Any]]
 
@@ -46,3 +47,23 @@ async def test_a_document_over_the_size_limit_is_dead_lettered_and_the_rest_stor
     [letter] = [orjson.loads(item) for item in await redis.lrange(DLQ_KEY, 0, -1)]
     assert letter["error_type"] == "mongo_write_error"
     assert letter["payload"] == '{"huge": true}'
+
+
+async def test_an_insert_stops_at_its_byte_bound(redis: Redis, mongo: Mongo, db_name: str) -> None:
+    metrics = Metrics()
+    store = MongoStore(
+        mongo[db_name], metrics=metrics, dead_letters=DeadLetters(redis, metrics, max_len=100),
+        on_durable=_nothing, flush_interval=0.05, max_docs=1000, buffer_max=1000,
+    )  # fmt: skip
+    third = INSERT_MAX_BYTES // 3 + 1  # three of these reach the bound: the third is the batch's last
+    store.add(TICKS, [Pending({"_id": f"b{i}", "blob": "x" * third}, "", UNDERLYING, b"{}") for i in range(7)])
+
+    assert await store.flush(deadline=float("inf")) == 0
+
+    assert await mongo[db_name][TICKS].count_documents({}) == 7
+    batches = metrics.histograms.series(MONGO_BATCH_SIZE, TICKS)
+    assert (batches.count, batches.sum) == (3, 7)  # 3 + 3 + 1 documents
+
+
+async def _nothing(marks: Sequence[str]) -> None:
+    return None
