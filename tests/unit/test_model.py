@@ -400,6 +400,25 @@ def test_any_batch_models_each_chain_as_it_would_alone(
         assert np.array_equal(alone_snapshot.call_price, snapshot.call_price, equal_nan=True)
 
 
+def aapl_quote(strike: float, is_call: bool, bid: float, ask: float, last: float, hours: float) -> Quote:
+    """An AAPL quote `hours` before its expiry's close (negative: after it)."""
+    return Quote(
+        symbol="X",
+        product="AAPL",
+        expiry="2025-09-19",
+        strike=strike,
+        option_type="CALL" if is_call else "PUT",
+        bid=bid,
+        ask=ask,
+        last=last,
+        volume=0,
+        open_interest=0,
+        iv=None,
+        timestamp=datetime(2025, 9, 19, 20, 0, tzinfo=UTC) - timedelta(hours=hours),
+        doc={},
+    )
+
+
 @settings(max_examples=100, deadline=None)
 @given(
     st.floats(50.0, 150.0),
@@ -409,24 +428,7 @@ def test_any_batch_models_each_chain_as_it_would_alone(
     st.floats(1.0, 24.0 * 200),
 )
 def test_iv_increases_with_price(strike: float, p1: float, p2: float, is_call: bool, hours: float) -> None:
-    quotes = [
-        Quote(
-            symbol="X",
-            product="AAPL",
-            expiry="2025-09-19",
-            strike=strike,
-            option_type="CALL" if is_call else "PUT",
-            bid=0.0,
-            ask=0.0,
-            last=price,
-            volume=0,
-            open_interest=0,
-            iv=None,
-            timestamp=datetime(2025, 9, 19, 20, 0, tzinfo=UTC) - timedelta(hours=hours),
-            doc={},
-        )
-        for price in sorted((p1, p2))
-    ]
+    quotes = [aapl_quote(strike, is_call, 0.0, 0.0, price, hours) for price in sorted((p1, p2))]
     low, high = model_quotes(quotes, [100.0, 100.0], CONFIG)
     assert_plain([low, high])
     if low["status"] == high["status"] == "ok":
@@ -448,24 +450,7 @@ def test_iv_increases_with_price(strike: float, p1: float, p2: float, is_call: b
     )
 )
 def test_quote_ivs_are_the_models_ivs(rows: list[tuple[float, float, float, float, bool, float, float | None]]) -> None:
-    quotes = [
-        Quote(
-            symbol="X",
-            product="AAPL",
-            expiry="2025-09-19",
-            strike=strike,
-            option_type="CALL" if is_call else "PUT",
-            bid=bid,
-            ask=ask,
-            last=last,
-            volume=0,
-            open_interest=0,
-            iv=None,
-            timestamp=datetime(2025, 9, 19, 20, 0, tzinfo=UTC) - timedelta(hours=hours),
-            doc={},
-        )
-        for strike, bid, ask, last, is_call, hours, _ in rows
-    ]
+    quotes = [aapl_quote(strike, is_call, bid, ask, last, hours) for strike, bid, ask, last, is_call, hours, _ in rows]
     forwards = [forward for *_, forward in rows]
     assert quote_ivs(quotes, forwards, CONFIG) == [model["iv"] for model in model_quotes(quotes, forwards, CONFIG)]
 
