@@ -32,7 +32,7 @@ from enricher.metrics import Metrics
 from enricher.overflow import Backlog, ConflatingBacklog, SpillingBacklog
 from enricher.pipeline import Pipeline
 from enricher.pool import AnalyticsPool
-from enricher.priority import TIERS, LiveFirst
+from enricher.priority import LAST, TIERS, LiveFirst
 from enricher.records import CHANNELS
 from enricher.redact import redact_text, redact_url
 from enricher.settings import Settings
@@ -62,6 +62,7 @@ class Enricher:
         self._workers: list[asyncio.Task[None]] = []
         self._refills: list[asyncio.Task[None]] = []
         self._services: list[asyncio.Task[None]] = []
+        self._surfaces: list[asyncio.Task[None]] = []
         self._intake: asyncio.Task[None] | None = None
         self._stop_lock = asyncio.Lock()
         self._stopped = False
@@ -129,6 +130,7 @@ class Enricher:
                 self._refills.append(asyncio.create_task(backlog.refill(queue.queue), name=f"refill:{channel}"))
             for index in range(s.workers):
                 self._workers.append(asyncio.create_task(self._work(queue), name=f"worker:{channel}:{index}"))
+        self._surfaces.append(asyncio.create_task(self._write_surfaces(), name="surfaces"))
         self._services.append(asyncio.create_task(self.dead_letters.run(), name="deadletters"))
         self._services.append(
             asyncio.create_task(track_dlq_length(self.redis, self.metrics.histograms), name="dlq_length")
@@ -228,6 +230,22 @@ class Enricher:
                 for _ in batch:
                     queue.queue.task_done()
 
+    async def _write_surfaces(self) -> None:
+        """The surface keys of the products batches changed, once the live tiers are idle.
+
+        Each is rendered from the whole product, so one write covers every batch since the
+        last, and a chain batch publishes without first rendering and writing its surfaces.
+        """
+        changed, live_first = self.pipeline.surfaces_changed, self.live_first
+        while True:
+            await changed.wait()
+            await live_first.wait(LAST)
+            changed.clear()
+            try:
+                await self.pipeline.write_surfaces()
+            except Exception:  # a bug in rendering: log it, keep the writer alive
+                log.exception("surface_write_failed")
+
     def _cut_off(self, channel: str, data: bytes, receipt: Receipt | None, why: str) -> None:
         """Not finished by the deadline: a stream keeps it for redelivery, else it is dead-lettered."""
         if receipt is not None:
@@ -274,6 +292,9 @@ class Enricher:
             task.cancel()
         await _bounded("refills", _cancel(self._refills), 5.0)
         await _bounded("workers", _cancel(self._workers), 5.0)
+        if self._surfaces:  # started: the last batches' surfaces, once their writer has stopped
+            await _bounded("surfaces", _cancel(self._surfaces), 5.0)
+            await _bounded("surfaces", self.pipeline.write_surfaces(), remaining() + 1.0)
         cut_off = 0
         for queue in self.queues.values():
             for raw in queue.take_all():

@@ -71,6 +71,7 @@ class Pipeline:
         self._pool = pool
         self._metrics = metrics
         self.state = MarketState(settings, metrics)
+        self.surfaces_changed = asyncio.Event()  # set when a batch leaves a product's surface dirty
         self._turns = {channel: TurnTaker() for channel in CHANNELS}
         self._recalled: dict[str, asyncio.Task[None]] = {}  # product -> its state, loaded once
 
@@ -91,6 +92,8 @@ class Pipeline:
             applied = await self._enrich(channel, items)
         finally:
             turns.done(ticket)
+        if self.state.dirty:
+            self.surfaces_changed.set()
         if isinstance(applied, Exception):
             await self._give_up(channel, items, applied, 1, outcomes)
         elif items:
@@ -117,6 +120,28 @@ class Pipeline:
             unclaimed = [(record, raw, "") for record, raw in parsed]
             await self._give_up(channel, unclaimed, exc, self._settings.retry_attempts, outcomes)
             return []
+
+    async def write_surfaces(self) -> None:
+        """Write the surface keys of every product whose surface changed since the last call.
+
+        They follow the batches that changed them (app.py runs this after the live tiers):
+        an 8-chain feed second then publishes its chains ~4 ms sooner, and a product's surface
+        is rendered once for a run of batches, not once per batch. If Redis stays down through
+        every retry, the products stay dirty for the next call; the surface keys are derived,
+        so nothing is dead-lettered.
+        """
+        products, applied = self.state.surface_outputs()
+        if not products:
+            return
+        try:
+            await self._retry("surfaces", lambda: self._cache.write(applied.outputs))
+        except Exception as exc:
+            self.state.dirty |= products
+            log.error("surface_write_failed", products=sorted(products), error=redact_text(str(exc))[:300])
+            return
+        if self._store is not None:
+            for collection, extra in applied.extras:
+                self._store.add(collection, [extra])
 
     async def _recall(self, products: set[str]) -> None:
         """Before a product's first batch here, load its state from Redis (takeover.py): the

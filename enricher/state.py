@@ -68,6 +68,9 @@ class MarketState:
         self.snapshots: dict[Expiry, ChainSnapshot] = {}
         self.forwards: dict[Expiry, float] = {}
         self.spots: dict[str, float] = {}
+        # Products whose surface changed since `surface_outputs` last rendered it. The surface
+        # keys are written after the batches that change them, not with them (app.py).
+        self.dirty: set[str] = set()
         self._surface_saved: dict[str, float] = {}
 
     def previous(self, chains: list[Chain]) -> list[ChainSnapshot | None]:
@@ -129,7 +132,7 @@ class MarketState:
                 doc = {**quote.doc, "model": models[i], "_id": quote.identity, "timestamp": quote.timestamp}
                 doc["processed_at"] = now
                 applied.documents.append(Pending(doc, key, OPTION_QUOTE, raw.data, raw.receipt))
-        self._surface_outputs(applied, touched)
+        self.dirty |= touched
         return applied
 
     def chains(self, items: list[Item], results: ChainResults, now: datetime) -> Applied:
@@ -162,12 +165,15 @@ class MarketState:
             if self.persist:
                 doc = {**enriched, "_id": chain.identity, "timestamp": chain.timestamp}
                 applied.documents.append(Pending(doc, key, OPTION_CHAIN, raw.data, raw.receipt))
-        self._surface_outputs(applied, touched)
+        self.dirty |= touched
         return applied
 
-    def _surface_outputs(self, applied: Applied, products: set[str]) -> None:
-        settings = self._settings
-        for product in products:
+    def surface_outputs(self) -> tuple[set[str], Applied]:
+        """The surface keys (and, once per interval, a MongoDB snapshot) of every product
+        changed since the last call, and those products; they are clean again after it."""
+        products, self.dirty = self.dirty, set()
+        applied, settings = Applied(), self._settings
+        for product in sorted(products):
             snapshot = self.surfaces.snapshot(product)
             if snapshot is None:
                 continue
@@ -180,6 +186,7 @@ class MarketState:
                 self._surface_saved[product] = now
                 doc = {**snapshot, "_id": f"{product}:{stamp}", "timestamp": self.surfaces.newest(product)}
                 applied.extras.append((SURFACES, Pending(doc, "", "internal", b"")))
+        return products, applied
 
 
 def _with_models(rows: list[dict[str, Any]], chain: Chain, models: list[dict[str, Any]]) -> list[dict[str, Any]]:

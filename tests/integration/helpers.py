@@ -73,3 +73,17 @@ def with_fields(payload: bytes, **fields: Any) -> bytes:
     doc = orjson.loads(payload)
     doc.update(fields)
     return orjson.dumps(doc)
+
+
+async def surface_at(redis: Redis, product: str, timestamp: str) -> dict[str, Any]:
+    """`volatility_surface:{product}` once it holds the update of event time `timestamp`: the
+    surface keys are written after the batches that change them, not with them."""
+    found: dict[str, Any] = {}
+
+    async def written() -> bool:
+        raw = await redis.get(f"volatility_surface:{product}")
+        found.update(orjson.loads(raw) if raw else {})
+        return found.get("timestamp") == timestamp
+
+    await wait_for(written, what=f"the surface of {product} at {timestamp}")
+    return found

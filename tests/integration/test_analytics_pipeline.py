@@ -16,7 +16,7 @@ from enricher.feed.pricing import black76_greeks, smile_vol, year_fraction
 from enricher.feed.synthetic import PRODUCTS, SyntheticFeed, expiry_instant
 from enricher.records import OPTION_CHAIN, UNDERLYING
 from tests.conftest import wait_for
-from tests.integration.helpers import publish
+from tests.integration.helpers import publish, surface_at
 
 StartApp = Callable[..., Awaitable[Enricher]]
 Mongo = AsyncMongoClient[dict[str, Any]]
@@ -35,7 +35,7 @@ async def test_surface_recovers_the_feeds_smile(start_app: StartApp, redis: Redi
 
     await wait_for(chain_stored, what="the chain")
     chain = orjson.loads(messages[-1][1])
-    surface = orjson.loads(await redis.get("volatility_surface:NIFTY") or b"{}")
+    surface = await surface_at(redis, "NIFTY", chain["timestamp"])
     smile = next(entry for entry in surface["expiries"] if entry["expiry"] == chain["expiry"])
     spot = chain["spot_price"]
     years = year_fraction(START, expiry_instant(PRODUCTS["NIFTY"], chain["expiry"]))

@@ -16,7 +16,7 @@ from vollib.black.implied_volatility import implied_volatility as black_iv
 from enricher.app import Enricher
 from enricher.records import OPTION_CHAIN, OPTION_QUOTE, UNDERLYING
 from tests.conftest import sample, wait_for
-from tests.integration.helpers import listening, publish, with_fields
+from tests.integration.helpers import listening, publish, surface_at, with_fields
 
 # BSON dates hold milliseconds, so MongoDB (and SecantusDB) keep 10:15:30.123 of .123456.
 EVENT_TIME = datetime(2025, 1, 20, 10, 15, 30, 123000, tzinfo=UTC)
@@ -116,7 +116,7 @@ async def test_quote_outputs(start_app: StartApp, redis: Redis, mongo: Mongo, db
     expected = black_iv(173.70, 21503.45, 21500.0, 0.0, years.total_seconds() / (365 * 86400), "c")
     assert model["iv"] == pytest.approx(expected, rel=1e-9)
 
-    surface = await get_json(redis, "volatility_surface:NIFTY")
+    surface = await surface_at(redis, "NIFTY", "2025-01-20T10:15:30.123456")
     assert surface["product"] == "NIFTY"
     smile = surface["expiries"][0]
     assert (smile["expiry"], smile["strikes"]) == ("2025-01-23", [21500.0])
@@ -186,7 +186,7 @@ async def test_chain_outputs(
     assert len(doc["calls"]) == 21
     assert await mongo[db_name].option_chains.distinct("expiry", {"product": "NIFTY"}) == ["2025-01-23"]
 
-    surface = await get_json(redis, "volatility_surface:NIFTY")
+    surface = await surface_at(redis, "NIFTY", chain["timestamp"])
     smile = surface["expiries"][0]
     forward = cached["model"]["forward"]
     model_iv = {  # the out-of-the-money side's model IV at each strike, else the other side's
@@ -212,9 +212,9 @@ async def test_iv_surface_stays_bounded(start_app: StartApp, redis: Redis, mongo
         stamp = f"2025-01-20T10:15:3{second}.000000"
         await publish(redis, OPTION_CHAIN, orjson.dumps({**chain, "timestamp": stamp}))
     await stored(mongo, db_name, "option_chains", 5)
+    smile = (await surface_at(redis, "NIFTY", "2025-01-20T10:15:34.000000"))["expiries"][0]
     # The old service only ever added members; five chains of 21 strikes made up to 105.
     members = {orjson.loads(m)["strike"]: orjson.loads(m)["iv"] for m in await redis.zrange("iv_surface:NIFTY", 0, -1)}  # type: ignore[arg-type]
-    smile = (await get_json(redis, "volatility_surface:NIFTY"))["expiries"][0]
     assert 0 < len(members) <= 21
     assert members == dict(zip(smile["strikes"], smile["ivs"], strict=True))  # exactly the current surface
 

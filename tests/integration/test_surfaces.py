@@ -1,0 +1,78 @@
+"""The surface keys are written after the batches that change them, by `Pipeline.write_surfaces`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import orjson
+from redis.asyncio import Redis
+
+from enricher.cache import Cache
+from enricher.deadletter import DeadLetters
+from enricher.embedded import RedisServer
+from enricher.idempotency import Idempotency
+from enricher.metrics import Metrics
+from enricher.pipeline import Pipeline
+from enricher.pool import AnalyticsPool
+from enricher.records import OPTION_CHAIN
+from enricher.settings import Settings
+from enricher.source import RawMessage
+from tests.conftest import sample
+
+CHAIN = sample("synthetic_option_chain.json")
+
+
+@asynccontextmanager
+async def pipeline_on(redis: Redis, settings: Settings) -> AsyncIterator[Pipeline]:
+    """A pipeline with no MongoDB (persistence off) and no pool, writing to `redis`."""
+    metrics = Metrics()
+    yield Pipeline(
+        settings,
+        cache=Cache(redis),
+        idempotency=Idempotency(redis, inflight_ttl=30.0, done_ttl=60),
+        store=None,
+        dead_letters=DeadLetters(redis, metrics, max_len=100),
+        pool=AnalyticsPool(0, 0, metrics),
+        metrics=metrics,
+    )
+
+
+def chain_message() -> RawMessage:
+    return RawMessage(OPTION_CHAIN, CHAIN, time.time())
+
+
+async def test_a_chain_batch_leaves_its_surface_to_write_surfaces(
+    make_settings: Callable[..., Settings], redis: Redis
+) -> None:
+    async with pipeline_on(redis, make_settings(persist=False)) as pipeline:
+        assert await pipeline.handle(OPTION_CHAIN, [chain_message()]) == ["processed"]
+        assert await redis.exists("latest:chain:NIFTY:2025-01-23") == 1
+        assert await redis.exists("volatility_surface:NIFTY", "iv_surface:NIFTY") == 0  # not with the batch
+        assert pipeline.surfaces_changed.is_set()
+        assert pipeline.state.dirty == {"NIFTY"}
+
+        await pipeline.write_surfaces()
+
+        assert pipeline.state.dirty == set()
+        surface = orjson.loads(await redis.get("volatility_surface:NIFTY") or b"{}")
+        assert surface["timestamp"] == orjson.loads(CHAIN)["timestamp"]
+        [smile] = surface["expiries"]
+        assert await redis.zcard("iv_surface:NIFTY") == len(smile["strikes"]) > 0
+
+
+async def test_surfaces_stay_dirty_while_redis_is_down(make_settings: Callable[..., Settings]) -> None:
+    with RedisServer() as server:
+        redis = Redis.from_url(server.url)
+        try:
+            settings = make_settings(redis_url=server.url, persist=False, retry_attempts=2, retry_base=0.01)
+            async with pipeline_on(redis, settings) as pipeline:
+                assert await pipeline.handle(OPTION_CHAIN, [chain_message()]) == ["processed"]
+                server.kill()
+
+                await pipeline.write_surfaces()  # logs surface_write_failed; raises nothing
+
+                assert pipeline.state.dirty == {"NIFTY"}  # for the next call, once Redis is back
+        finally:
+            await redis.aclose()
