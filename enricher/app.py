@@ -244,7 +244,7 @@ class Enricher:
             try:
                 await self.pipeline.write_surfaces()
             except Exception:  # a bug in rendering: log it, keep the writer alive
-                log.exception("surface_write_failed")
+                log.exception("surface_render_failed")
 
     def _cut_off(self, channel: str, data: bytes, receipt: Receipt | None, why: str) -> None:
         """Not finished by the deadline: a stream keeps it for redelivery, else it is dead-lettered."""
