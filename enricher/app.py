@@ -106,6 +106,7 @@ class Enricher:
                 flush_interval=s.flush_interval,
                 max_docs=s.flush_max_docs,
                 buffer_max=s.store_buffer_max,
+                buffer_max_bytes=s.store_buffer_max_bytes,
                 concurrency=s.mongo_concurrency,
                 yield_to=self.live_first.wait,
             )

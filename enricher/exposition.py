@@ -80,6 +80,9 @@ class StoreView(Protocol):
     def buffered(self) -> int: ...
 
     @property
+    def buffered_bytes(self) -> int: ...
+
+    @property
     def indexes_ready(self) -> asyncio.Event: ...
 
 
@@ -127,6 +130,11 @@ class EnricherCollector:
             "enricher_mongo_pending_documents",
             "Documents waiting to be written to MongoDB",
             value=store.buffered if store is not None else 0,
+        )
+        yield GaugeMetricFamily(
+            "enricher_mongo_pending_bytes",
+            "Bytes the documents waiting for MongoDB hold (BSON and raw payloads)",
+            value=store.buffered_bytes if store is not None else 0,
         )
         dead_letters = getattr(app, "dead_letters", None)
         yield GaugeMetricFamily(

@@ -89,6 +89,11 @@ class Settings:
     store_buffer_max: int = _setting(
         200000, "ENRICHER_STORE_BUFFER_MAX", "documents held while MongoDB is down; then dead-lettered"
     )
+    store_buffer_max_bytes: int = _setting(
+        256 << 20,
+        "ENRICHER_STORE_BUFFER_MAX_BYTES",
+        "bytes of BSON and raw payloads held while MongoDB is down; then dead-lettered",
+    )
     retry_attempts: int = _setting(8, "ENRICHER_RETRY_ATTEMPTS", "tries for a transient error, then DLQ")
     retry_base: float = _setting(0.05, "ENRICHER_RETRY_BASE", "first backoff ceiling, seconds")
     retry_cap: float = _setting(5.0, "ENRICHER_RETRY_CAP", "largest backoff, seconds")
@@ -136,8 +141,8 @@ class Settings:
                 raise ValueError(f"{spec.name} must be one of {', '.join(choices)}")
         positive = (
             "workers", "queue_size", "batch_max", "batch_max_bytes", "flush_max_docs", "cache_ttl", "idem_done_ttl",
-            "retry_attempts", "store_buffer_max", "dlq_max", "mongo_concurrency", "stream_partitions",
-            "stream_maxlen",
+            "retry_attempts", "store_buffer_max", "store_buffer_max_bytes", "dlq_max", "mongo_concurrency",
+            "stream_partitions", "stream_maxlen",
         )  # fmt: skip
         for name in positive:
             if getattr(self, name) < 1:

@@ -7,7 +7,8 @@ unique `_id` index makes a redelivered message a harmless duplicate-key error (c
 
 Only after MongoDB acknowledges a batch are its idempotency marks set to done. A transient
 error (network, server selection, a restart) keeps the batch buffered and retries it with
-backoff; the buffer is bounded, and what overflows is dead-lettered with its raw payload.
+backoff; the buffer is bounded in documents and in bytes (BSON plus the raw payload kept
+for the dead letter), and what overflows is dead-lettered with its raw payload.
 """
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ class MongoStore:
         flush_interval: float,
         max_docs: int,
         buffer_max: int,
+        buffer_max_bytes: int = 256 << 20,
         concurrency: int = 1,
         yield_to: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
@@ -97,7 +99,9 @@ class MongoStore:
         self._interval = flush_interval
         self._max_docs = max_docs
         self._buffer_max = buffer_max
+        self._buffer_max_bytes = buffer_max_bytes
         self._pending: dict[str, deque[Pending]] = {name: deque() for name in INDEXES}
+        self._bytes = dict.fromkeys(INDEXES, 0)  # per collection, of what `_pending` holds
         # One insert per collection at a time: batches stay in order, and SecantusDB was
         # seen to stop answering two concurrent inserts into one collection.
         self._writing = {name: asyncio.Lock() for name in INDEXES}
@@ -118,6 +122,11 @@ class MongoStore:
     def buffered(self) -> int:
         return self._size
 
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes the buffered documents hold: their BSON and their raw payloads."""
+        return sum(self._bytes.values())
+
     def add(self, collection: str, entries: Sequence[Pending]) -> None:
         """Buffer documents for `collection`, encoded to BSON now.
 
@@ -130,36 +139,56 @@ class MongoStore:
         added = len(queue)
         for entry in entries:
             try:
-                raw = RawBSONDocument(bson.encode(entry.doc))
+                encoded = replace(entry, doc=RawBSONDocument(bson.encode(entry.doc)))
             except UNENCODABLE as exc:
                 message = f"not storable in BSON: {exc}"[:500]
                 self._dead.reject(entry.channel, entry.raw, "mongo_write_error", message, receipt=entry.receipt)
                 continue
-            queue.append(replace(entry, doc=raw))
+            queue.append(encoded)
+            self._bytes[collection] += _bytes(encoded)
         added = len(queue) - added
         if not added:
             return
         self._size += added
-        overflow = self._size - self._buffer_max
-        if overflow > 0:
-            self._shed(overflow)
+        if self._over():
+            self._shed()
         self._idle.clear()
         self._wake.set()
         if self._size >= self._max_docs:
             self._full.set()
 
-    def _shed(self, count: int) -> None:
-        """Buffer full (MongoDB down for long): dead-letter the oldest, so nothing is silent."""
-        for queue in sorted(self._pending.values(), key=len, reverse=True):
-            while count and queue:
-                entry = queue.popleft()
-                self._size -= 1
-                count -= 1
-                self._metrics.event("store_buffer_overflow")
-                self._dead.reject(
-                    entry.channel, entry.raw, "store_buffer_full", "MongoDB write buffer full", receipt=entry.receipt
-                )
-        log.error("store_buffer_full", buffer_max=self._buffer_max, note="oldest dead-lettered")
+    def _over(self) -> bool:
+        return self._size > self._buffer_max or self.buffered_bytes > self._buffer_max_bytes
+
+    def _shed(self) -> None:
+        """Buffer full (MongoDB down for long): dead-letter the oldest, so nothing is silent.
+
+        Each goes from the collection that holds the most of what is over its bound: the
+        most documents, or the most bytes. Chains are large and ticks many, so a bound in
+        bytes alone would shed chains only, and one in documents ticks and quotes only.
+        """
+        shed = 0
+        while self._over():
+            by_bytes = self._size <= self._buffer_max
+            collection = max(
+                (name for name, queue in self._pending.items() if queue),
+                key=lambda name: self._bytes[name] if by_bytes else len(self._pending[name]),
+            )
+            entry = self._pending[collection].popleft()
+            self._size -= 1
+            self._bytes[collection] -= _bytes(entry)
+            shed += 1
+            self._metrics.event("store_buffer_overflow")
+            self._dead.reject(
+                entry.channel, entry.raw, "store_buffer_full", "MongoDB write buffer full", receipt=entry.receipt
+            )
+        log.error(
+            "store_buffer_full",
+            shed=shed,
+            buffer_max=self._buffer_max,
+            buffer_max_bytes=self._buffer_max_bytes,
+            note="oldest dead-lettered",
+        )
 
     async def ensure_indexes(self) -> None:
         for name, models in INDEXES.items():
@@ -220,6 +249,7 @@ class MongoStore:
         left += [entry for queue in self._pending.values() for entry in queue]
         for queue in self._pending.values():
             queue.clear()
+        self._bytes = dict.fromkeys(INDEXES, 0)
         self._in_flight.clear()
         self._size = 0
         return left
@@ -241,6 +271,7 @@ class MongoStore:
         if not batch:  # the other flusher (run() or a shutdown flush()) took them first
             return True
         self._size -= len(batch)
+        self._bytes[collection] -= sum(map(_bytes, batch))
         token = id(batch)
         self._in_flight[token] = batch
         self._settled.clear()
@@ -249,8 +280,7 @@ class MongoStore:
         except asyncio.CancelledError:
             # Stopped mid-insert (shutdown): back into the buffer, so take_all() hands it over.
             # If the insert did land, the dead letter replays as a harmless duplicate.
-            queue.extendleft(reversed(batch))
-            self._size += len(batch)
+            self._put_back(collection, queue, batch)
             raise
         finally:
             self._in_flight.pop(token, None)
@@ -270,10 +300,9 @@ class MongoStore:
             if not failed:
                 failed = dict.fromkeys(range(len(batch)), f"not storable: {exc}"[:500])
             keep = [entry for index, entry in enumerate(batch) if index not in failed]
-            if keep and not await self._insert_batch(collection, queue, keep):
-                return False
-            self._reject(batch, failed)
-            return True
+            self._reject(batch, failed)  # now: a retry that fails requeues only what is left
+            batch[:] = keep  # in place: it is also what is in flight, should shutdown cancel the retry
+            return not batch or await self._insert_batch(collection, queue, batch)
         except BulkWriteError as exc:
             for error in exc.details.get("writeErrors", []):
                 if error.get("code") != DUPLICATE_KEY:
@@ -305,9 +334,13 @@ class MongoStore:
             entry = batch[index]
             self._dead.reject(entry.channel, entry.raw, "mongo_write_error", message, receipt=entry.receipt)
 
-    def _requeue(self, collection: str, queue: deque[Pending], batch: list[Pending], exc: Exception) -> bool:
+    def _put_back(self, collection: str, queue: deque[Pending], batch: list[Pending]) -> None:
         queue.extendleft(reversed(batch))
         self._size += len(batch)
+        self._bytes[collection] += sum(map(_bytes, batch))
+
+    def _requeue(self, collection: str, queue: deque[Pending], batch: list[Pending], exc: Exception) -> bool:
+        self._put_back(collection, queue, batch)
         self._metrics.event("mongo_retries")
         log.warning("mongo_write_retry", collection=collection, buffered=self._size, error=redact_text(str(exc))[:300])
         return False
@@ -324,3 +357,8 @@ INSERT_MAX_BYTES: Final = 4 * 1024 * 1024
 
 def _size(entry: Pending) -> int:
     return len(entry.doc.raw) if isinstance(entry.doc, RawBSONDocument) else 0
+
+
+def _bytes(entry: Pending) -> int:
+    """What a buffered entry holds against the byte bound: its BSON and its raw payload."""
+    return _size(entry) + len(entry.raw)

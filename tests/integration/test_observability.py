@@ -93,6 +93,7 @@ async def test_metrics_health_and_readiness_of_a_running_app(start_app: StartApp
         assert value("enricher_mongo_documents_total", collection="option_chains") == 0
         assert value("enricher_mongo_batches_total") >= 1
         assert value("enricher_mongo_pending_documents") == 0
+        assert value("enricher_mongo_pending_bytes") == 0
         assert value("enricher_feed_gaps_total") == 0
         assert value("enricher_dead_letters_total") == 0
         assert value("enricher_dlq_buffered") == 0
@@ -153,6 +154,7 @@ class StubQueue:
 @dataclass
 class StubStore:
     buffered: int = 0
+    buffered_bytes: int = 0
     indexes_ready: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -195,13 +197,14 @@ async def test_readiness_reasons() -> None:
         assert await reasons(server) == ["queue market:underlying holds 9 of 10, above its 80% high-water mark"]
         app.queues[UNDERLYING].held = 0
 
-        app.store.buffered = 42
+        app.store.buffered, app.store.buffered_bytes = 42, 42 * 700
         app.metrics.event("mongo_retries")
         await wait_for(lambda: server.mongo.failing, what="the heartbeat to see the retry")
         assert await reasons(server) == ["MongoDB writes failing; 42 documents buffered"]
         values = samples((await get(server, "/metrics"))[2])
         assert values["enricher_ready", frozenset()] == 0
         assert values["enricher_mongo_pending_documents", frozenset()] == 42
+        assert values["enricher_mongo_pending_bytes", frozenset()] == 42 * 700
 
         app.metrics.event("mongo_batches")
         await wait_for(lambda: not server.mongo.failing, what="the heartbeat to see the write")
