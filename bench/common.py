@@ -94,8 +94,26 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
+def pss_kib(pid: int) -> int:
+    """Proportional set size: RSS with each shared page split between the processes mapping it.
+
+    Summing RSS over a process tree counts the pages a forked child still shares with its
+    parent (the pool's forkserver and workers: numpy, the preloaded modules) once per process;
+    summing PSS counts each page once. ~0.2 ms a read, against 0.015 ms for VmRSS.
+    """
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    return rss_kib(pid)  # a kernel without smaps_rollup (< 4.14): no better figure
+
+
 class TreeSampler:
-    """CPU seconds and peak RSS of a process tree since `mark()`; exited children keep their last CPU."""
+    """CPU seconds and peak memory of a process tree since `mark()`; exited children keep their last CPU.
+
+    Peaks, each on its own: RSS summed over the tree, PSS summed over the tree (`pss_kib`),
+    and the root's own RSS.
+    """
 
     def __init__(self, root: int, rescan_every: float = 1.0) -> None:
         self.root = root
@@ -104,26 +122,33 @@ class TreeSampler:
         self._scanned_at = 0.0
         self._cpu: dict[int, float] = {}
         self._base: dict[int, float] = {}
-        self.peak_rss_kib = 0
+        self.peak_rss_kib = self.peak_pss_kib = self.peak_root_kib = 0
 
     def sample(self) -> None:
         now = time.monotonic()
         if now - self._scanned_at >= self._rescan_every:
             self._pids, self._scanned_at = process_tree(self.root), now
-        rss = 0
+        rss = pss = 0
         for pid in self._pids:
             seconds = cpu_seconds(pid)
             if seconds is not None:
                 self._cpu[pid] = seconds
                 rss += rss_kib(pid)
+                pss += pss_kib(pid)
         self.peak_rss_kib = max(self.peak_rss_kib, rss)
+        self.peak_pss_kib = max(self.peak_pss_kib, pss)
+        self.peak_root_kib = max(self.peak_root_kib, rss_kib(self.root))
 
     def mark(self) -> None:
         self._scanned_at = 0.0
         self.sample()
         self._base = dict(self._cpu)
-        self.peak_rss_kib = 0
+        self.peak_rss_kib = self.peak_pss_kib = self.peak_root_kib = 0
         self.sample()
+
+    def memory(self) -> tuple[int, int, int]:
+        """(peak tree RSS, peak tree PSS, peak root RSS), KiB."""
+        return self.peak_rss_kib, self.peak_pss_kib, self.peak_root_kib
 
     def cpu_since_mark(self) -> float:
         self._scanned_at = 0.0
@@ -282,3 +307,11 @@ def queue_gauges(port: int, *names: str) -> list[dict[str, float]]:
             for sample in family.samples:
                 values[family.name][sample.labels["channel"].split(":")[1]] = sample.value
     return [values[name] for name in names]
+
+
+def memory_row(peaks: Sequence[tuple[int, int, int] | None]) -> tuple[str, list[str]]:
+    """The report row of `TreeSampler.memory()` peaks, in MiB."""
+    return (
+        "peak MiB: tree RSS summed / tree PSS / daemon RSS",
+        ["-" if p is None else " / ".join(f"{kib / 1024:.0f}" for kib in p) for p in peaks],
+    )

@@ -17,6 +17,7 @@ from bench.common import (
     TreeSampler,
     fmt,
     latencies_ms,
+    memory_row,
     output_key,
     percentile,
     print_table,
@@ -61,7 +62,7 @@ class PacedResult:
     by_output: dict[str, list[float]] = field(default_factory=dict)  # enriched channel -> latencies
     cpu_percent: float | None = None
     peak_queues: str = "-"  # each queue's most messages at once, as % of its capacity
-    rss_kib: int | None = None
+    memory: tuple[int, int, int] | None = None  # TreeSampler.memory()
     notes: list[str] = field(default_factory=list)
 
 
@@ -85,7 +86,7 @@ async def run_one(ctx: harness.Context, kind: str, rate: float, duration: float)
             result.cpu_percent = 100.0 * tree.cpu_since_mark() / wall
             if running.metrics_port is not None:
                 result.peak_queues = await asyncio.to_thread(_peak_queues, running.metrics_port)
-            result.rss_kib = tree.peak_rss_kib
+            result.memory = tree.memory()
         finally:
             sampling.cancel()
         result.published = sum(counts.values())
@@ -129,10 +130,7 @@ async def run_all(ctx: harness.Context, rates: Sequence[float], duration: float,
         ),
         ("peak queue depth, % of capacity (t/q/c)", [r.peak_queues for r in results]),
         ("CPU % of one core (process tree)", [fmt(r.cpu_percent) for r in results]),
-        (
-            "peak RSS, MiB (process tree)",
-            [fmt(None if r.rss_kib is None else r.rss_kib / 1024) for r in results],
-        ),
+        memory_row([r.memory for r in results]),
     ]
     print_table(f"real rate: 8 products, {duration:g} s per run", [r.name for r in results], rows)
     for r in results:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from bench.common import fmt, percentile, print_table
+from bench.common import fmt, memory_row, percentile, print_table
 
 
 @dataclass
@@ -23,7 +23,7 @@ class Result:
     latencies: list[float] = field(default_factory=list)
     cpu: float | None = None  # seconds, consumer process tree
     server_cpu: tuple[float | None, float | None] = (None, None)  # redis-server, SecantusDB
-    rss_kib: int | None = None
+    memory: tuple[int, int, int] | None = None  # TreeSampler.memory()
     bench_cpu: float | None = None  # seconds, this process (publisher, listener, polls)
     notes: list[str] = field(default_factory=list)
     repeats: list[float | None] = field(default_factory=list)  # input msg/s of every repeat
@@ -62,10 +62,7 @@ def report(title: str, results: Sequence[Result]) -> None:
         row("redis-server CPU s / 1k msgs", [per_k(r, r.server_cpu[0]) for r in results]),
         row("SecantusDB CPU s / 1k msgs", [per_k(r, r.server_cpu[1]) for r in results]),
         row("bench process CPU s / 1k msgs", [per_k(r, r.bench_cpu) for r in results]),
-        row(
-            "peak RSS, MiB (process tree)",
-            [fmt(None if r.rss_kib is None else r.rss_kib / 1024) for r in results],
-        ),
+        memory_row([r.memory for r in results]),
     ]
     print_table(title, [r.name for r in results], rows)
     for r in results:

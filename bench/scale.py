@@ -493,7 +493,7 @@ def report(title: str, bare: Result | None, results: Sequence[Scenario]) -> None
         row("cores busy with other processes (/proc/stat)", "", [others(r) for r in results]),
         row(
             "peak RSS per instance, MiB",
-            fmt(b.rss_kib / 1024 if b and b.rss_kib else None, ".0f"),
+            fmt(b.memory[0] / 1024 if b and b.memory else None, ".0f"),
             ["/".join(fmt(i.rss_kib / 1024, ".0f") for i in r.instances) for r in results],
         ),
         row("start-up: spawn -> leases split, s", "", [fmt(r.balanced_s, ".1f") for r in results]),

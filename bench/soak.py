@@ -1,8 +1,9 @@
 """Soak: enricher (persistence on) at the feed's real rate for 10 minutes.
 
-Every 10 s it samples the RSS of enricher's process tree and the queue depths (from its
-/metrics), prints the series, then the least-squares slope of RSS over the run. A flat
-memory profile has a slope within the noise of the samples.
+Every 10 s it samples the RSS of enricher's process tree (summed, and as PSS: shared pages
+counted once, see `common.pss_kib`) and the queue depths (from its /metrics), prints the
+series, then the least-squares slope of RSS over the run. A flat memory profile has a slope
+within the noise of the samples.
 
     python -m bench.soak [--duration 600] [--every 10] [--rate 1]
 """
@@ -21,7 +22,16 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
-from bench.common import QUEUES, machine_header, process_tree, queue_gauges, rss_kib, stop_process, wait_subscribed
+from bench.common import (
+    QUEUES,
+    machine_header,
+    process_tree,
+    pss_kib,
+    queue_gauges,
+    rss_kib,
+    stop_process,
+    wait_subscribed,
+)
 from enricher.embedded import MongoServer, RedisServer, free_port
 from enricher.feed.publisher import publish_paced
 from enricher.feed.synthetic import SyntheticFeed
@@ -63,13 +73,17 @@ async def main(args: argparse.Namespace) -> int:
             publisher = asyncio.create_task(publish_paced(redis, feed, rate=args.rate, stop=stop))
             started = time.monotonic()
             series: list[tuple[float, float]] = []
-            print(f"\n{'t (s)':>6} {'RSS MiB':>8}   queue depths (ticks quotes chains)")
+            peak_pss = 0.0
+            print(f"\n{'t (s)':>6} {'RSS MiB':>8} {'PSS MiB':>8}   queue depths (ticks quotes chains)")
             while (elapsed := time.monotonic() - started) < args.duration:
-                rss = sum(rss_kib(pid) for pid in process_tree(daemon.pid)) / 1024
+                tree = process_tree(daemon.pid)
+                rss = sum(rss_kib(pid) for pid in tree) / 1024
+                pss = sum(pss_kib(pid) for pid in tree) / 1024
+                peak_pss = max(peak_pss, pss)
                 [depths] = await asyncio.to_thread(queue_gauges, port, "enricher_queue_depth")
                 series.append((elapsed, rss))
                 shown = " ".join(f"{depths.get(name, 0):.0f}" for name in QUEUES)
-                print(f"{elapsed:6.0f} {rss:8.1f}   {shown}", flush=True)
+                print(f"{elapsed:6.0f} {rss:8.1f} {pss:8.1f}   {shown}", flush=True)
                 await asyncio.sleep(args.every)
             stop.set()
             counts = await publisher
@@ -83,7 +97,7 @@ async def main(args: argparse.Namespace) -> int:
     noise = max(rss for _, rss in series) - min(rss for _, rss in series)
     print(f"\npublished {sum(counts.values())} messages in {args.duration:.0f} s")
     print(f"RSS slope after warm-up: {rising * 60:+.3f} MiB/min (range of all samples {noise:.1f} MiB)")
-    print(f"peak RSS {max(rss for _, rss in series):.1f} MiB")
+    print(f"peak RSS {max(rss for _, rss in series):.1f} MiB (tree, summed); peak PSS {peak_pss:.1f} MiB")
     shown = ", ".join(f"{name} {peaks[name]:.0f} of {capacities[name]:.0f}" for name in QUEUES)
     print(f"most messages ever queued at once (enricher_queue_depth_peak): {shown}")
     return 0

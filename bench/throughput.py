@@ -115,7 +115,7 @@ async def run_consumer(ctx: harness.Context, kind: str, load: Workload, pipeline
             result.cpu = tree.cpu_since_mark()
             result.bench_cpu = (cpu_seconds(os.getpid()) or 0.0) - own
             result.server_cpu = (redis_cpu.cpu_since_mark(), mongo_cpu.cpu_since_mark())
-            result.rss_kib = tree.peak_rss_kib
+            result.memory = tree.memory()
         finally:
             sampling.cancel()
         got = len(ctx.listener.arrivals)
