@@ -107,6 +107,7 @@ class Enricher:
                 max_docs=s.flush_max_docs,
                 buffer_max=s.store_buffer_max,
                 buffer_max_bytes=s.store_buffer_max_bytes,
+                backpressure_bytes=s.store_backpressure_bytes,
                 concurrency=s.mongo_concurrency,
                 yield_to=self.live_first.wait,
             )
@@ -208,6 +209,8 @@ class Enricher:
             # second's eight chains come interleaved with ticks, and taken before the wait they
             # went as two or three batches, each with its own round trips and model call.
             await queue.queue.filled()
+            if tier and self.store is not None:  # chains and quotes, not ticks: see MongoStore.room
+                await self.store.room()
             await live_first.wait(tier)
             batch = take(queue.queue, limit, max_bytes)
             if not batch:  # another worker of this channel took them

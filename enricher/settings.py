@@ -94,6 +94,11 @@ class Settings:
         "ENRICHER_STORE_BUFFER_MAX_BYTES",
         "bytes of BSON and raw payloads held while MongoDB is down; then dead-lettered",
     )
+    store_backpressure_bytes: int = _setting(
+        16 << 20,
+        "ENRICHER_STORE_BACKPRESSURE_BYTES",
+        "chain and quote batches wait while the MongoDB writer holds more than this and is writing; 0 = off",
+    )
     retry_attempts: int = _setting(8, "ENRICHER_RETRY_ATTEMPTS", "tries for a transient error, then DLQ")
     retry_base: float = _setting(0.05, "ENRICHER_RETRY_BASE", "first backoff ceiling, seconds")
     retry_cap: float = _setting(5.0, "ENRICHER_RETRY_CAP", "largest backoff, seconds")
@@ -151,6 +156,8 @@ class Settings:
             raise ValueError("stream_claim_idle and stream_lease_ttl must be positive")
         if not self.live_first >= 0.0:
             raise ValueError("live_first must be 0 (off) or more")
+        if self.store_backpressure_bytes < 0:
+            raise ValueError("store_backpressure_bytes must be 0 (off) or more")
         if self.pool_workers < 0:
             raise ValueError("pool_workers must be 0 (inline) or more")
         if self.gex_sign not in (1, -1):

@@ -8,7 +8,8 @@ unique `_id` index makes a redelivered message a harmless duplicate-key error (c
 Only after MongoDB acknowledges a batch are its idempotency marks set to done. A transient
 error (network, server selection, a restart) keeps the batch buffered and retries it with
 backoff; the buffer is bounded in documents and in bytes (BSON plus the raw payload kept
-for the dead letter), and what overflows is dead-lettered with its raw payload.
+for the dead letter), and what overflows is dead-lettered with its raw payload. Below those
+bounds, `room()` lets the workers wait for a writer that is writing but falling behind.
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ class MongoStore:
         max_docs: int,
         buffer_max: int,
         buffer_max_bytes: int = 256 << 20,
+        backpressure_bytes: int = 0,
         concurrency: int = 1,
         yield_to: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
@@ -102,6 +104,10 @@ class MongoStore:
         self._buffer_max_bytes = buffer_max_bytes
         self._pending: dict[str, deque[Pending]] = {name: deque() for name in INDEXES}
         self._bytes = dict.fromkeys(INDEXES, 0)  # per collection, of what `_pending` holds
+        self._backpressure_bytes = backpressure_bytes
+        self._failing = False  # the last insert failed transiently (MongoDB away): no backpressure
+        self._room = asyncio.Event()  # set while not `pressing`
+        self._room.set()
         # One insert per collection at a time: batches stay in order, and SecantusDB was
         # seen to stop answering two concurrent inserts into one collection.
         self._writing = {name: asyncio.Lock() for name in INDEXES}
@@ -126,6 +132,33 @@ class MongoStore:
     def buffered_bytes(self) -> int:
         """Bytes the buffered documents hold: their BSON and their raw payloads."""
         return sum(self._bytes.values())
+
+    @property
+    def pressing(self) -> bool:
+        """Whether the buffer holds more than the backpressure bound while MongoDB takes writes."""
+        return 0 < self._backpressure_bytes < self.buffered_bytes and not self._failing
+
+    async def room(self) -> None:
+        """Until the writer is no longer `pressing`, for BACKPRESSURE_MAX_WAIT at most: what the
+        chain and quote workers await before a batch, so a burst waits in the input queues as
+        raw payloads alone, not here as raw payloads and their enriched BSON both.
+
+        Never while MongoDB is failing, and never for long while it stalls (a failover takes
+        seconds, and an insert is only failed after ENRICHER_MONGO_OP_TIMEOUT): the live
+        outputs must go on, slowed at worst, and the buffer's bounds take over then.
+        """
+        if not self.pressing:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(BACKPRESSURE_MAX_WAIT):
+                while self.pressing:
+                    await self._room.wait()
+
+    def _changed(self) -> None:
+        if self.pressing:
+            self._room.clear()
+        else:
+            self._room.set()
 
     def add(self, collection: str, entries: Sequence[Pending]) -> None:
         """Buffer documents for `collection`, encoded to BSON now.
@@ -152,6 +185,7 @@ class MongoStore:
         self._size += added
         if self._over():
             self._shed()
+        self._changed()
         self._idle.clear()
         self._wake.set()
         if self._size >= self._max_docs:
@@ -206,7 +240,7 @@ class MongoStore:
             self._wake.clear()
             self._full.clear()
             while self._size:
-                if self._yield_to is not None:
+                if self._yield_to is not None and not self.pressing:  # pressing: the others wait for us
                     await self._yield_to()
                 if await self._flush_round():
                     backoff.reset()
@@ -252,6 +286,7 @@ class MongoStore:
         self._bytes = dict.fromkeys(INDEXES, 0)
         self._in_flight.clear()
         self._size = 0
+        self._changed()
         return left
 
     async def _flush_round(self) -> bool:
@@ -272,6 +307,7 @@ class MongoStore:
             return True
         self._size -= len(batch)
         self._bytes[collection] -= sum(map(_bytes, batch))
+        self._changed()
         token = id(batch)
         self._in_flight[token] = batch
         self._settled.clear()
@@ -314,6 +350,9 @@ class MongoStore:
                 return self._requeue(collection, queue, batch, exc)
             failed = {i: redact_text(str(exc)) for i in range(len(batch))}
         self._metrics.event("mongo_batches")
+        if self._failing:
+            self._failing = False
+            self._changed()
         self._metrics.event(f"mongo_docs:{collection}", len(batch) - len(failed))
         elapsed = time.perf_counter() - started
         self._metrics.histograms.observe(MONGO_WRITE, collection, elapsed)
@@ -338,8 +377,10 @@ class MongoStore:
         queue.extendleft(reversed(batch))
         self._size += len(batch)
         self._bytes[collection] += sum(map(_bytes, batch))
+        self._changed()
 
     def _requeue(self, collection: str, queue: deque[Pending], batch: list[Pending], exc: Exception) -> bool:
+        self._failing = True
         self._put_back(collection, queue, batch)
         self._metrics.event("mongo_retries")
         log.warning("mongo_write_retry", collection=collection, buffered=self._size, error=redact_text(str(exc))[:300])
@@ -350,6 +391,7 @@ class MongoStore:
 # an InvalidDocument, for one over the server's size limit).
 UNENCODABLE: Final = (InvalidDocument, OverflowError)
 MAX_BSON_SIZE: Final = 16 * 1024 * 1024  # MongoDB's maxBsonObjectSize
+BACKPRESSURE_MAX_WAIT: Final = 1.0  # seconds a batch waits for the writer (`MongoStore.room`), then goes
 # An insert_many also stops at this much BSON (the document that reaches it included): PyMongo
 # builds each message whole in memory, up to 48 MB, beside the buffered documents it copies.
 INSERT_MAX_BYTES: Final = 4 * 1024 * 1024
