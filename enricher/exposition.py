@@ -45,6 +45,10 @@ EVENT_COUNTERS: Final[dict[str, tuple[str, str]]] = {
         "enricher_store_buffer_overflow_total",
         "Documents dead-lettered because the MongoDB write buffer was full",
     ),
+    "store_backpressure_waits": (
+        "enricher_store_backpressure_waits_total",
+        "Chain and quote batches that waited for the MongoDB writer (ENRICHER_STORE_BACKPRESSURE_BYTES)",
+    ),
     "dlq_buffer_overflow": (
         "enricher_dlq_buffer_overflow_total",
         "Dead-letter records lost because Redis was down and the buffer was full",

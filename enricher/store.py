@@ -149,6 +149,7 @@ class MongoStore:
         """
         if not self.pressing:
             return
+        self._metrics.event("store_backpressure_waits")
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(BACKPRESSURE_MAX_WAIT):
                 while self.pressing:

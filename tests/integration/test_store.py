@@ -134,6 +134,7 @@ async def test_room_waits_for_a_writer_behind_but_not_for_one_that_is_failing(
     room = asyncio.ensure_future(store.room())
     done, _ = await asyncio.wait({room}, timeout=0.2)
     assert not done  # held while the writer is behind and MongoDB takes writes
+    assert metrics.events["store_backpressure_waits"] == 1
     assert await store.flush(deadline=float("inf")) == 0
     await asyncio.wait_for(room, 5.0)
     assert not store.pressing
@@ -159,7 +160,8 @@ async def test_room_waits_for_a_writer_behind_but_not_for_one_that_is_failing(
 async def test_backpressure_holds_batches_back_and_loses_none(
     start_app: Callable[..., Awaitable[Enricher]], redis: Redis, mongo: Mongo, db_name: str
 ) -> None:
-    app = await start_app(store_backpressure_bytes=1)  # every chain and quote batch waits for the writer
+    # Every chain and quote batch waits for the writer: small batches, and a writer that lingers.
+    app = await start_app(store_backpressure_bytes=1, batch_max=10, flush_interval=0.05)
     feed = SyntheticFeed(seed=3, start=datetime(2025, 1, 20, 4, 0, tzinfo=UTC), step=timedelta(milliseconds=5))
     sent = list(feed.burst(50, 400, 16))
     for channel in CHANNELS:
@@ -172,6 +174,7 @@ async def test_backpressure_holds_batches_back_and_loses_none(
     await wait_for(all_stored, timeout=60, what="every document stored")
     assert app.metrics.messages[OPTION_QUOTE, PROCESSED] == 400
     assert app.metrics.messages[OPTION_CHAIN, PROCESSED] == 16
+    assert app.metrics.events["store_backpressure_waits"] > 0  # it did hold batches back
 
 
 async def test_backpressure_never_stalls_the_live_outputs_while_mongo_is_away(
