@@ -149,7 +149,9 @@ async def test_room_waits_for_a_writer_behind_but_not_for_one_that_is_failing(
         store = store_on(away)
         store.add(TICKS, _ticks(20))
         assert store.pressing
+        held = store.buffered_bytes
         assert await store.flush(deadline=time.monotonic() + 1.0) == 20  # the write failed, and is kept
+        assert store.buffered_bytes == held  # requeued whole, its bytes counted again
         assert metrics.events["mongo_retries"] >= 1
         assert not store.pressing  # MongoDB away: batches must go on, the buffer's bounds apply
         await asyncio.wait_for(store.room(), 5.0)
