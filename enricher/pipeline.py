@@ -125,10 +125,10 @@ class Pipeline:
         """Write the surface keys of every product whose surface changed since the last call.
 
         They follow the batches that changed them (app.py runs this after the live tiers):
-        an 8-chain feed second's chain batch took 10.3 ms instead of 16.1 (in-process medians),
-        and a product's surface is rendered once for a run of batches, not once per batch. If Redis stays down through
-        every retry, the products stay dirty for the next call; the surface keys are derived,
-        so nothing is dead-lettered.
+        an 8-chain feed second's chain batch took 10.3 ms instead of 16.1 (in-process
+        medians), and a product's surface is rendered once for a run of batches, not once per
+        batch. If Redis stays down through every retry, the products stay dirty for the next
+        call; the surface keys are derived, so nothing is dead-lettered.
         """
         products, applied = self.state.surface_outputs()
         if not products:

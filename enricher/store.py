@@ -300,14 +300,15 @@ class MongoStore:
 
     async def _insert_next(self, collection: str, queue: deque[Pending]) -> bool:
         batch: list[Pending] = []
-        size = 0
+        size = payloads = 0  # BSON, for the insert's bound; raw payloads, for the buffer's
         while queue and len(batch) < self._max_docs and size < INSERT_MAX_BYTES:
             batch.append(queue.popleft())
             size += _size(batch[-1])
+            payloads += len(batch[-1].raw)
         if not batch:  # the other flusher (run() or a shutdown flush()) took them first
             return True
         self._size -= len(batch)
-        self._bytes[collection] -= sum(map(_bytes, batch))
+        self._bytes[collection] -= size + payloads
         self._changed()
         token = id(batch)
         self._in_flight[token] = batch
