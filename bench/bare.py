@@ -53,7 +53,7 @@ async def consume(url: str, counts: dict[str, int]) -> None:
                     await pipe.execute()
                 counts["replies"] += len(replies)
     finally:
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]  # untyped in older redis-py
         await redis.aclose()
 
 

@@ -258,7 +258,7 @@ class Listener:
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
-            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+            await self._pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]  # untyped in older redis-py
         await self._redis.aclose()
 
 

@@ -199,7 +199,7 @@ async def _subscribe(client: Redis, timeout: float) -> Outcome:
                 confirmed.add(str(message["channel"]))
         await pubsub.unsubscribe()
     finally:
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]  # untyped in older redis-py
     return OK, f"{len(confirmed)} channels confirmed"
 
 

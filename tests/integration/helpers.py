@@ -53,7 +53,7 @@ async def listening(redis_url: str, *channels: str) -> AsyncIterator[Listener]:
         reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reader
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]  # untyped in older redis-py
         await client.aclose()
 
 
