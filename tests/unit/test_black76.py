@@ -22,7 +22,7 @@ from vollib.black import black as vollib_price
 from vollib.black.greeks import analytical as vollib_greeks
 from vollib.black.implied_volatility import implied_volatility as vollib_iv
 
-from enricher.analytics import black76
+from enricher.analytics import black76, lets_be_rational
 from enricher.analytics.black76 import (
     ABOVE_MAX,
     BAD_INPUT,
@@ -256,6 +256,26 @@ def test_implied_vol_rises_with_price(case: tuple[float, float, float, float, bo
     ok = status == OK
     assert ok.sum() >= ok.size - 2  # the end points may round onto intrinsic or the maximum
     assert np.all(np.diff(iv[ok]) >= -1e-12 * iv[ok][1:])
+
+
+def test_a_forward_on_a_strike_is_solved_in_closed_form_to_vollibs_digits(monkeypatch: pytest.MonkeyPatch) -> None:
+    # ~5% of the feed's chains imply a forward exactly on a strike: x = 0, off the tables.
+    # Those options start from the x = 0 price inverted, not from Jäckel's exact guess.
+    def exact_guess(*_: object) -> None:
+        raise AssertionError("Jäckel's exact guess was used")
+
+    monkeypatch.setattr(lets_be_rational, "jaeckel_guess", exact_guess)
+    moneyness, expiries, vols = (0.0, 3e-13, -8e-13), (1 / 365, 0.25, 2.0), (1e-6, 0.01, 0.2, 1.0, 4.0)
+    rows = list(itertools.product(moneyness, expiries, vols, (True, False)))
+    x, t, vol, call = (np.array(c) for c in zip(*rows, strict=True))
+    k = F * np.exp(-x)
+    flags = ["c" if c else "p" for c in call]
+    price = np.array([vollib_price(f, F, kk, tt, 0.0, v) for f, kk, tt, v in zip(flags, k, t, vol, strict=True)])
+    iv, status = implied_vol(F, k, t, price, call)
+    assert (status == OK).all()
+    reference = np.array([vollib_iv(p, F, kk, 0.0, tt, f) for p, kk, tt, f in zip(price, k, t, flags, strict=True)])
+    assert np.max(np.abs(iv / reference - 1.0)) <= 1e-12
+    assert np.max(np.abs(iv / vol - 1.0)) <= 1e-12
 
 
 @pytest.mark.parametrize("sigma", [0.05, 0.3, 2.0])
