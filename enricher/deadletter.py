@@ -199,6 +199,11 @@ class DeadLetters:
             self._pending.extendleft(reversed(batch))
             log.warning("dlq_write_failed", error=str(exc), buffered=len(self._pending))
             return False
+        except asyncio.CancelledError:
+            # Shutdown cancels this writer, then writes what is pending: a batch in flight must
+            # be pending again. It may have been written already; a record twice replays once.
+            self._pending.extendleft(reversed(batch))
+            raise
         for letter in batch:
             if letter.receipt is not None:
                 letter.receipt.settle()

@@ -123,9 +123,12 @@ class StreamAcks:
                 for stream, entries in batch.items():
                     pipe.xack(stream, self._group, *entries)
                 await pipe.execute()
-        except (RedisError, OSError) as exc:
+        except (RedisError, OSError, asyncio.CancelledError) as exc:
+            # Not known to be sent: waiting again (close() cancels the flusher, then flushes).
             for stream, entries in batch.items():
                 self._acks[stream][:0] = entries
+            if isinstance(exc, asyncio.CancelledError):
+                raise
             honour_cancel()
             log.warning("stream_ack_failed", error=redact_text(str(exc))[:200], waiting=self.waiting)
             return False
