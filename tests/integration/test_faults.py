@@ -272,6 +272,23 @@ async def test_dead_letters_wait_in_memory_while_redis_is_down(own_redis: RedisS
         await client.aclose()
 
 
+@contextlib.contextmanager
+def paused(server: RedisServer) -> Iterator[None]:
+    """The server stopped with SIGSTOP: its connections stay open and nothing is answered."""
+    assert server.pid is not None
+    os.kill(server.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+
+
+async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 async def test_dead_letters_in_flight_when_the_writer_is_cancelled_are_kept(own_redis: RedisServer) -> None:
     # Shutdown cancels the writer, then writes what is pending: a hard-deadline run lost the
     # 50 letters of a batch cut off mid-write this way. A paused Redis holds the write open.
@@ -282,18 +299,12 @@ async def test_dead_letters_in_flight_when_the_writer_is_cancelled_are_kept(own_
     letters = DeadLetters(client, Metrics(), max_len=1000)
     await client.ping()
     writer = asyncio.create_task(letters.run())
-    assert own_redis.pid is not None
-    os.kill(own_redis.pid, signal.SIGSTOP)
-    try:
+    with paused(own_redis):
         for index in range(50):
             letters.reject(UNDERLYING, f"cut off {index}".encode(), "shutdown", "cancelled mid-batch")
         await wait_for(lambda: letters.pending == 0, what="the batch taken for writing")
-        writer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await writer
+        await cancel_and_wait(writer)
         assert letters.pending == 50
-    finally:
-        os.kill(own_redis.pid, signal.SIGCONT)
     try:
         assert await letters.write_pending()  # what shutdown does after cancelling the writer
         # The cancelled write may land too, once Redis runs again: twice is fine, never none.
@@ -312,18 +323,14 @@ async def test_stream_acks_in_flight_when_the_flusher_is_cancelled_wait_again(ow
     acks = StreamAcks(client, "enricher", Metrics(), linger=0.0)
     await client.ping()
     flusher = asyncio.create_task(acks.run())
-    assert own_redis.pid is not None
-    os.kill(own_redis.pid, signal.SIGSTOP)
     try:
-        for index in range(20):
-            acks.receipt("s", b"%d-0" % index).settle()
-        await wait_for(lambda: acks.waiting == 0, what="the acks taken for sending")
-        flusher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await flusher
-        assert acks.waiting == 20  # close() sends them after cancelling the flusher
+        with paused(own_redis):
+            for index in range(20):
+                acks.receipt("s", b"%d-0" % index).settle()
+            await wait_for(lambda: acks.waiting == 0, what="the acks taken for sending")
+            await cancel_and_wait(flusher)
+            assert acks.waiting == 20  # close() sends them after cancelling the flusher
     finally:
-        os.kill(own_redis.pid, signal.SIGCONT)
         await client.aclose()
 
 
