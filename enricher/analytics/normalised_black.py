@@ -33,7 +33,7 @@ from typing import Final, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from enricher.analytics.lean import constants, every, filled, indices, pick
+from enricher.analytics.lean import constants, every, filled, frozen, indices, pick
 from enricher.analytics.normal import FloatArray, erf_small, erfcx_large_correction, erfcx_nonnegative
 
 BoolArray = npt.NDArray[np.bool_]
@@ -145,28 +145,60 @@ _SMALL_T_ROWS: Final = (
         6227020800.0,
     ),
 )
-_SMALL_T_COEFFICIENTS: Final = tuple(
-    (tuple(constants(p, q) for p, q in levels), *constants(divisor)) for levels, divisor in _SMALL_T_ROWS
-)
+
+
+class _Nesting(NamedTuple):
+    """Jäckel's six coefficient rows, laid out to nest together in one (6, n) array.
+
+    Row k (1 to 6) has k levels. Each row starts as late as its depth allows, so all end
+    together: round r (0 to 5) nests rows 5 - r to 5, the row k at its level k - 6 + r."""
+
+    p: FloatArray  # p of each (round, row) in the order the rounds take them, as a column
+    q: FloatArray
+    divisors: FloatArray  # of rows 1 to 6, as a column
+    rounds: tuple[tuple[int, slice], ...]  # each round's first row, and its slice of p and q
+
+
+def _nesting() -> _Nesting:
+    depth = len(_SMALL_T_ROWS)
+    p: list[float] = []
+    q: list[float] = []
+    rounds = []
+    for round_ in range(depth):
+        first = depth - 1 - round_
+        rounds.append((first, slice(len(p), len(p) + round_ + 1)))
+        for row in range(first, depth):
+            levels, _ = _SMALL_T_ROWS[row]
+            p_level, q_level = levels[row - first]
+            p.append(p_level)
+            q.append(q_level)
+    divisors = [divisor for _, divisor in _SMALL_T_ROWS]
+    p_column, q_column, divisor_column = (frozen(np.array(v).reshape(-1, 1)) for v in (p, q, divisors))
+    return _Nesting(p_column, q_column, divisor_column, tuple(rounds))
+
+
+_NESTING: Final = _nesting()
 
 
 def _small_t_expansion(h: FloatArray, t: FloatArray) -> FloatArray:
     """Y(h+t) - Y(h-t) with Y = Φ/φ, to 12th order in t: Jäckel's small_t_expansion_of_normalized_black.
 
-    His nesting of each coefficient, operation for operation, from a table of 0-d arrays
-    (see `lean.constants`): the same bits, ~15% faster on a chain's worth of options.
+    His nesting of each coefficient, operation for operation, so the same bits: each level
+    is (p + q·a) + h²·(inner), around a·h² = h²·a at the innermost. The six rows nest
+    together in one array (`_Nesting`) and every (p + q·a) is one call: 17 numpy calls for
+    the coefficients where row by row took 84, ~13 µs less on a 21-strike chain's options.
     """
     a = _ONE + h * _SQRT_PI_2_ARRAY * erfcx_nonnegative(h * _MINUS_SQRT1_2)
     h2 = h * h
-    ah2 = a * h2
-    coefficients = []
-    for ((p, q), *outer), divisor in _SMALL_T_COEFFICIENTS:
-        nested = p + q * a + ah2
-        for p_out, q_out in outer:
-            nested = p_out + q_out * a + h2 * nested
-        coefficients.append(nested / divisor)
+    level = _NESTING.p + _NESTING.q * a
+    nested = np.empty((len(_SMALL_T_ROWS), *a.shape))
+    nested[...] = a
+    for first, at in _NESTING.rounds:
+        inner = nested[first:]
+        inner *= h2
+        inner += level[at]
+    c1, *higher = nested / _NESTING.divisors
     w = t * t
-    c1, *higher = coefficients
     series: FloatArray = higher.pop()
     while higher:
         series = higher.pop() + w * series
