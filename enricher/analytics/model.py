@@ -163,7 +163,10 @@ def parity_forward(
     both = indices(np.isfinite(call_price) & np.isfinite(put_price))
     if both.size:
         with np.errstate(all="ignore"):
-            nearest = both[np.argsort(np.abs(strikes[both] - spot), kind="stable")[: config.parity_strikes]]
+            if both.size == strikes.size:  # the usual chain: every strike has both
+                nearest = np.argsort(np.abs(strikes - spot), kind="stable")[: config.parity_strikes]
+            else:
+                nearest = both[np.argsort(np.abs(strikes[both] - spot), kind="stable")[: config.parity_strikes]]
             implied = strikes[nearest] + (call_price[nearest] - put_price[nearest]) * np.exp(config.r * years)
         values = sorted(implied.tolist())
         middle = len(values) // 2
@@ -226,7 +229,11 @@ def _implied(
     """(IV, status, status is OK) per option: the solver's, under the model's own statuses;
     the IV is NaN wherever the status is not OK."""
     iv, status = black76.implied_vol(forward, strike, years, value, is_call, r=r)
-    # The model's own statuses, over the solver's: each mask is usually empty.
+    ok = status == black76.OK
+    if every(ok):  # the usual chain
+        return iv, status, ok
+    # The model's own statuses, over the solver's. Each one's options are BAD_INPUT or
+    # EXPIRED to the solver, so its IV is NaN already, and OK stays OK.
     for overriding, code in (
         (~np.isfinite(value), NO_PRICE),
         (~((forward > 0.0) & np.isfinite(forward)), NO_FORWARD),
@@ -234,9 +241,6 @@ def _implied(
     ):
         if some(overriding):
             status[overriding] = code
-    ok = status == black76.OK
-    if not every(ok):
-        iv = np.where(ok, iv, np.nan)
     return iv, status, ok
 
 
