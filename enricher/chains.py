@@ -28,6 +28,7 @@ from enricher.fields import (
     STRIKE_MISMATCH,
     TOO_MANY_STRIKES,
     WRONG_TYPE,
+    event_instant,
     event_time,
     expiry_date,
     missing,
@@ -78,7 +79,7 @@ def parse_chain(doc: Json, feed_tz: tzinfo, max_strikes: int) -> Chain:
         raise missing(exc.args[0]) from None
     product = product_name(product)
     spot_price = positive(spot, "spot_price")
-    timestamp = event_time(stamp, feed_tz)
+    timestamp, spelled = event_instant(stamp, feed_tz)
     for name, value in (("strikes", strikes), ("calls", calls), ("puts", puts)):
         if type(value) is not list:
             raise InvalidMessage(WRONG_TYPE, f"{name} must be a list, not {type(value).__name__}")
@@ -142,6 +143,7 @@ def parse_chain(doc: Json, feed_tz: tzinfo, max_strikes: int) -> Chain:
         put_iv=table[8],
         doc=doc,
         book=table[9:13],
+        stamp=spelled,
     )
 
 

@@ -13,7 +13,7 @@ from math import isfinite
 from typing import Any, Final
 
 from enricher.records import InvalidMessage
-from enricher.timestamps import parse_event_time, parse_expiry
+from enricher.timestamps import parse_event_instant, parse_expiry
 
 # Stable codes: dead-letter records and metrics carry them, so never rename one.
 TOO_LARGE: Final = "too_large"  # payload over max_bytes; checked before decoding
@@ -151,10 +151,15 @@ def option_kind(value: object, expected: str | None = None) -> str:
 
 
 def event_time(value: object, feed_tz: tzinfo) -> datetime:
+    return event_instant(value, feed_tz)[0]
+
+
+def event_instant(value: object, feed_tz: tzinfo) -> tuple[datetime, str]:
+    """The event time (aware, UTC) and its stamp, `records.utc_iso` of it."""
     spelled = text(value, "timestamp")  # outside the try: InvalidMessage is a ValueError too
     try:
-        return parse_event_time(spelled, feed_tz)
-    except ValueError as exc:  # parse_event_time turns OverflowError into one
+        return parse_event_instant(spelled, feed_tz)
+    except ValueError as exc:  # parse_event_instant turns OverflowError into one
         raise InvalidMessage(BAD_TIMESTAMP, str(exc)) from None
 
 

@@ -39,7 +39,7 @@ from enricher.fields import (
     UNKNOWN_CHANNEL,
     WRONG_TYPE,
     count,
-    event_time,
+    event_instant,
     missing,
     non_negative,
     positive,
@@ -135,13 +135,9 @@ def _tick(doc: Json, feed_tz: tzinfo, max_strikes: int) -> Tick:
     change = doc.get("change")
     if change is not None:
         real(change, "change")
-    return Tick(
-        product=product_name(product),
-        price=positive(price, "price"),
-        timestamp=event_time(stamp, feed_tz),
-        tick_id=count(tick_id, "tick_id"),
-        doc=doc,
-    )
+    product, price = product_name(product), positive(price, "price")
+    timestamp, stamp = event_instant(stamp, feed_tz)
+    return Tick(product, price, timestamp, count(tick_id, "tick_id"), doc, stamp)
 
 
 def _quote(doc: Json, feed_tz: tzinfo, max_strikes: int) -> Quote:
@@ -149,21 +145,9 @@ def _quote(doc: Json, feed_tz: tzinfo, max_strikes: int) -> Quote:
     symbol, product, expiry, strike, option_type, bid, ask, last, volume, oi, iv = check(doc, None, None, None)
     if "timestamp" not in doc:
         raise missing("timestamp")
-    return Quote(
-        symbol=symbol,
-        product=product,
-        expiry=expiry,
-        strike=strike,
-        option_type=option_type,
-        bid=bid,
-        ask=ask,
-        last=last,
-        volume=volume,
-        open_interest=oi,
-        iv=iv,
-        timestamp=event_time(doc["timestamp"], feed_tz),
-        doc=doc,
-    )
+    timestamp, stamp = event_instant(doc["timestamp"], feed_tz)
+    # Positional, in the order of `records.Quote`, as `check` returns them: keywords cost more.
+    return Quote(symbol, product, expiry, strike, option_type, bid, ask, last, volume, oi, iv, timestamp, doc, stamp)
 
 
 _HANDLERS: Final[dict[str, Callable[[Json, tzinfo, int], Record]]] = {

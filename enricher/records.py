@@ -52,12 +52,13 @@ class Tick:
     tick_id: int
     doc: Json  # the payload as received (JSON types, timestamp still a string)
 
-    stamp: str = field(init=False, repr=False, compare=False)  # utc_iso(timestamp), computed once
+    # utc_iso(timestamp): the parser passes the one it spelled with the time; else computed here
+    stamp: str = field(default="", repr=False, compare=False)
     identity: str = field(init=False, repr=False, compare=False)  # what makes two deliveries one message
 
     def __post_init__(self) -> None:
         # tick_id alone restarts at 0 with the feed (CONTRACT §6); the time makes it unique.
-        self.stamp = utc_iso(self.timestamp)
+        self.stamp = self.stamp or utc_iso(self.timestamp)
         self.identity = f"{self.product}:{self.tick_id}:{self.stamp}"
 
 
@@ -79,11 +80,12 @@ class Quote:
     timestamp: datetime  # aware, UTC
     doc: Json  # normalised quote: every input field, plus the canonical names
 
-    stamp: str = field(init=False, repr=False, compare=False)  # utc_iso(timestamp), computed once
+    # utc_iso(timestamp): the parser passes the one it spelled with the time; else computed here
+    stamp: str = field(default="", repr=False, compare=False)
     identity: str = field(init=False, repr=False, compare=False)  # what makes two deliveries one message
 
     def __post_init__(self) -> None:
-        self.stamp = utc_iso(self.timestamp)
+        self.stamp = self.stamp or utc_iso(self.timestamp)
         self.identity = f"{self.symbol}:{self.stamp}"
 
 
@@ -112,11 +114,12 @@ class Chain:
     # prices from. The parser fills it; None (e.g. a chain built by hand) makes the model read doc.
     book: FloatArray | None = field(default=None, repr=False, compare=False)
 
-    stamp: str = field(init=False, repr=False, compare=False)  # utc_iso(timestamp), computed once
+    # utc_iso(timestamp): the parser passes the one it spelled with the time; else computed here
+    stamp: str = field(default="", repr=False, compare=False)
     identity: str = field(init=False, repr=False, compare=False)  # what makes two deliveries one message
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "stamp", utc_iso(self.timestamp))
+        object.__setattr__(self, "stamp", self.stamp or utc_iso(self.timestamp))
         object.__setattr__(self, "identity", f"{self.product}:{self.expiry}:{self.stamp}")
 
 

@@ -31,21 +31,35 @@ def parse_event_time(text: str, feed_tz: tzinfo) -> datetime:
     A naive time is wall-clock time in `feed_tz` (the synthetic feed sends local
     time without an offset); a time with an offset or `Z` keeps its own offset.
     """
+    return parse_event_instant(text, feed_tz)[0]
+
+
+def parse_event_instant(text: str, feed_tz: tzinfo) -> tuple[datetime, str]:
+    """`parse_event_time`, and the instant's stamp: `records.utc_iso` of it.
+
+    Both come from the naive UTC time: its isoformat() costs half an aware one's, and
+    every message needs the stamp (its identity and its cache version).
+    """
     if not isinstance(text, str):
         raise ValueError(f"a timestamp must be a string, not {type(text).__name__}")
     if "\x00" in text:  # CPython 3.11's fromisoformat ignores a trailing NUL
         raise ValueError(f"timestamp {text!r} contains NUL")
     moment = datetime.fromisoformat(text)
-    if moment.tzinfo is None:
-        # combine() rather than replace(): a third of the cost, on the hottest path.
-        moment = datetime.combine(moment.date(), moment.time(), feed_tz)
+    zone = moment.tzinfo
+    offset = (feed_tz if zone is None else zone).utcoffset(moment)
+    if offset is None:  # a tzinfo that does not know its offset
+        raise ValueError(f"no UTC offset for timestamp {text!r}")
+    if zone is not None:  # combine() rather than replace(): a third of the cost
+        moment = datetime.combine(moment.date(), moment.time())
     try:
-        moment = moment.astimezone(UTC)
+        naive = moment - offset
     except OverflowError as exc:  # e.g. 0001-01-01T00:00+01:00 has no UTC equivalent
         raise ValueError(f"timestamp {text!r} is out of range") from exc
-    if not MIN_YEAR <= moment.year <= MAX_YEAR:
+    if not MIN_YEAR <= naive.year <= MAX_YEAR:
         raise ValueError(f"timestamp {text!r} is outside {MIN_YEAR}..{MAX_YEAR}")
-    return moment
+    # As utc_iso spells it: isoformat() omits a zero fraction only.
+    spelled = naive.isoformat() if naive.microsecond else naive.isoformat(timespec="microseconds")
+    return datetime.combine(naive.date(), naive.time(), UTC), spelled + "+00:00"
 
 
 def parse_expiry(text: str) -> str:

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from enricher.records import utc_iso
-from enricher.timestamps import expiry_from_instrument, parse_event_time, parse_expiry
+from enricher.timestamps import expiry_from_instrument, parse_event_instant, parse_event_time, parse_expiry
 
 KOLKATA = ZoneInfo("Asia/Kolkata")
 NEW_YORK = ZoneInfo("America/New_York")
@@ -94,6 +94,35 @@ def test_event_time_raises_only_value_error(text: str) -> None:
 def test_naive_round_trip(moment: datetime) -> None:
     parsed = parse_event_time(moment.isoformat(), timezone(timedelta(hours=-3)))
     assert parsed == moment.replace(tzinfo=UTC) + timedelta(hours=3)
+
+
+def _reference_instant(text: str, feed_tz: ZoneInfo | timezone) -> datetime:
+    """The conversion as the standard library spells it: attach the zone, then astimezone."""
+    moment = datetime.fromisoformat(text)
+    return (moment if moment.tzinfo else moment.replace(tzinfo=feed_tz)).astimezone(UTC)
+
+
+_ZONES = [UTC, KOLKATA, NEW_YORK, ZoneInfo("Australia/Lord_Howe"), timezone(timedelta(hours=-3, minutes=-7))]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.datetimes(min_value=datetime(1971, 1, 1), max_value=datetime(2199, 1, 1)),
+    st.sampled_from(_ZONES),
+    st.sampled_from([None, UTC, timezone(timedelta(hours=5, minutes=30)), timezone(timedelta(hours=-11))]),
+    st.sampled_from(["auto", "seconds", "milliseconds"]),
+)
+def test_event_instant_is_the_zone_conversion_and_its_stamp_is_utc_iso(
+    moment: datetime, feed_tz: ZoneInfo | timezone, offset: timezone | None, timespec: str
+) -> None:
+    # Naive (the feed's wall clock, DST gaps and folds included) or with its own offset.
+    text = moment.replace(tzinfo=offset).isoformat(timespec=timespec)
+    parsed, stamp = parse_event_instant(text, feed_tz)
+    expected = _reference_instant(text, feed_tz)
+    assert parsed == expected
+    assert parsed.tzinfo is UTC
+    assert stamp == utc_iso(expected)
+    assert parse_event_time(text, feed_tz) == parsed
 
 
 def test_expiry() -> None:
