@@ -146,11 +146,12 @@ class MarketState:
             if model.forward is not None:
                 self.forwards[where] = model.forward
             received = chain.doc["timestamp"]
+            position = {strike: index for index, strike in enumerate(chain.strikes.tolist())}
             enriched: dict[str, Any] = {
                 **chain.doc,
                 **metrics._asdict(),
-                "calls": _with_models(chain.doc["calls"], chain, model.call_models()),
-                "puts": _with_models(chain.doc["puts"], chain, model.put_models()),
+                "calls": _with_models(chain.doc["calls"], position, model.call_models()),
+                "puts": _with_models(chain.doc["puts"], position, model.put_models()),
                 "model": model.to_json(),
                 "processed_at": now,  # orjson writes ISO-8601; MongoDB gets a datetime
             }
@@ -189,10 +190,15 @@ class MarketState:
         return products, applied
 
 
-def _with_models(rows: list[dict[str, Any]], chain: Chain, models: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each row as received plus its `model`; rows are in input order, models in strike order."""
-    position = {strike: index for index, strike in enumerate(chain.strikes.tolist())}
-    return [{**row, "model": models[position[float(row["strike"])]]} for row in rows]
+def _with_models(
+    rows: list[dict[str, Any]], position: dict[float, int], models: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The rows as received, each given its `model` in place: rows are in input order, models
+    in strike order (`position` maps a strike to its index). In place, because nothing reads
+    the rows after this and copying them cost ~15 µs a 21-strike chain."""
+    for row in rows:
+        row["model"] = models[position[float(row["strike"])]]
+    return rows
 
 
 def _candle_document(candle: Candle) -> Pending:

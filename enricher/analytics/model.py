@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime, time
+from datetime import UTC, date, datetime, time
 from functools import lru_cache
 from itertools import accumulate
 from operator import itemgetter
@@ -125,13 +125,21 @@ class ModelConfig:
 
 @lru_cache(maxsize=4096)
 def expiry_instant(expiry: str, close: Close) -> datetime | None:
-    """The aware instant at which `expiry` (YYYY-MM-DD) expires; None if it is not a date."""
+    """The instant at which `expiry` (YYYY-MM-DD) expires, in UTC; None if it is not a date.
+
+    In UTC because the event times are: datetime subtracts two times of one tzinfo directly,
+    and two of different ones through both utcoffset()s, ten times slower (0.3 µs a quote).
+    """
     try:
         day = date.fromisoformat(expiry)
     except ValueError:
         return None
     hour, minute, zone = close
-    return datetime.combine(day, time(hour, minute), tzinfo=ZoneInfo(zone))
+    local = datetime.combine(day, time(hour, minute), tzinfo=ZoneInfo(zone))
+    try:
+        return local.astimezone(UTC)
+    except OverflowError:  # 0001-01-01 east of UTC: the same instant, subtracted the slow way
+        return local
 
 
 def time_to_expiry(product: str, expiry: str, at: datetime, config: ModelConfig) -> float:
