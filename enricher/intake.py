@@ -87,16 +87,16 @@ class ChannelQueue:
         metrics.count(self.channel, RECEIVED)
         metrics.last_message_at[self.channel] = message.received_at
         backlog = self.backlog
-        if backlog is not None and (backlog.pending or self.queue.full()):
-            metrics.count(self.channel, OVERFLOW)
+        if backlog is None or not backlog.pending:  # else new messages join the backlog, in order
+            try:
+                self.queue.put_nowait(message)
+                return
+            except asyncio.QueueFull:
+                pass
+        metrics.count(self.channel, OVERFLOW)
+        if backlog is not None:
             backlog.add(message)
             return
-        try:
-            self.queue.put_nowait(message)
-            return
-        except asyncio.QueueFull:
-            pass
-        metrics.count(self.channel, OVERFLOW)
         self._overflows += 1
         if self._overflows == 1 or self._overflows % 1000 == 0:
             log.warning("queue_full", channel=self.channel, policy=self.policy, overflows=self._overflows)

@@ -6,7 +6,7 @@ that into a reason code.
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, tzinfo
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from functools import lru_cache
 from math import isfinite
 from typing import Final
@@ -57,9 +57,33 @@ def parse_event_instant(text: str, feed_tz: tzinfo) -> tuple[datetime, str]:
         raise ValueError(f"timestamp {text!r} is out of range") from exc
     if not MIN_YEAR <= naive.year <= MAX_YEAR:
         raise ValueError(f"timestamp {text!r} is outside {MIN_YEAR}..{MAX_YEAR}")
-    # As utc_iso spells it: isoformat() omits a zero fraction only.
+    return datetime.combine(naive.date(), naive.time(), UTC), _stamp(text, zone, feed_tz, offset, naive)
+
+
+# The feed's local minutes, as the UTC minutes they are: (zone, text[:16]) -> "YYYY-MM-DDTHH:MM".
+_UTC_MINUTES: dict[tuple[tzinfo, str], str] = {}
+_UTC_MINUTES_MAX: Final = 4096
+
+
+def _stamp(text: str, zone: tzinfo | None, feed_tz: tzinfo, offset: timedelta, naive: datetime) -> str:
+    """`records.utc_iso` of the instant, `naive` in UTC. A naive time spelled to the microsecond
+    in the feed's zone, whose offset is whole minutes, keeps its seconds through the conversion:
+    its stamp is its minute's, looked up once a minute, and its own ":SS.ffffff" (0.1 µs; an
+    isoformat() costs 0.4)."""
+    if zone is None and len(text) == 26 and text[16] == ":" and text[19] == "." and not offset % _MINUTE:
+        key = (feed_tz, text[:16])
+        minute = _UTC_MINUTES.get(key)
+        if minute is None:
+            if len(_UTC_MINUTES) >= _UTC_MINUTES_MAX:
+                _UTC_MINUTES.clear()
+            minute = _UTC_MINUTES[key] = naive.isoformat(timespec="minutes")
+        return f"{minute}{text[16:]}+00:00"
+    # isoformat() omits a zero fraction only.
     spelled = naive.isoformat() if naive.microsecond else naive.isoformat(timespec="microseconds")
-    return datetime.combine(naive.date(), naive.time(), UTC), spelled + "+00:00"
+    return spelled + "+00:00"
+
+
+_MINUTE: Final = timedelta(minutes=1)
 
 
 def parse_expiry(text: str) -> str:

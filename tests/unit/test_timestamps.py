@@ -125,6 +125,28 @@ def test_event_instant_is_the_zone_conversion_and_its_stamp_is_utc_iso(
     assert parse_event_time(text, feed_tz) == parsed
 
 
+@pytest.mark.parametrize(
+    ("text", "feed_tz", "stamp"),
+    [
+        # one local minute in two zones: the minute cache is per zone
+        ("2025-01-20T10:15:30.123456", KOLKATA, "2025-01-20T04:45:30.123456+00:00"),
+        ("2025-01-20T10:15:30.123456", NEW_YORK, "2025-01-20T15:15:30.123456+00:00"),
+        ("2025-01-20T10:15:59.999999", KOLKATA, "2025-01-20T04:45:59.999999+00:00"),
+        # spellings fromisoformat takes whose seconds are not ":SS.ffffff", or whose minute is not
+        # "YYYY-MM-DDTHH:MM", are still stamped canonically
+        ("2025-01-20T10:15:30,123456", KOLKATA, "2025-01-20T04:45:30.123456+00:00"),
+        ("2025-W04-1T10:15:30.123456", KOLKATA, "2025-01-20T04:45:30.123456+00:00"),
+        ("2025-01-20 10:15:30.123456", KOLKATA, "2025-01-20T04:45:30.123456+00:00"),
+        ("2025-01-20T10:15:30", KOLKATA, "2025-01-20T04:45:30.000000+00:00"),
+        # an offset of whole seconds (Monrovia until 1972) moves the seconds too
+        ("1971-06-01T10:15:30.123456", ZoneInfo("Africa/Monrovia"), "1971-06-01T11:00:00.123456+00:00"),
+    ],
+)
+def test_event_instant_stamps(text: str, feed_tz: ZoneInfo, stamp: str) -> None:
+    for _ in range(2):  # the second time from the minute cache
+        assert parse_event_instant(text, feed_tz)[1] == stamp
+
+
 def test_expiry() -> None:
     assert parse_expiry("2025-01-23") == "2025-01-23"
 
