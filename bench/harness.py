@@ -167,12 +167,18 @@ class Expected:
     last_quotes: Mapping[str, str] | None = None  # symbol -> timestamp of its last quote
 
 
-async def wait_done(ctx: Context, running: Consumer, expected: Expected, poll: float = 0.05) -> Completion:
+async def wait_done(
+    ctx: Context, running: Consumer, expected: Expected, poll: float = 0.05, fine_poll: float = 0.002
+) -> Completion:
     """Poll until every expected output, document and quote (in the cache) is there, or the timeout.
 
     Counting documents costs SecantusDB about 10 ms per 1,000 stored (it scans), so the
     poll looks up the last document of each collection by _id (~1 ms) and counts only
     when those are all there (at most every 0.5 s), or every 5 s as a fallback.
+
+    The cache is read for the symbols still stale only, and once the quotes are all that is
+    left, every `fine_poll`: at `poll` alone, a burst's completion (~0.5 s without persistence)
+    was known only to the next 50 ms, against the listener's exact time for the outputs.
     """
     done = Completion()
     docs = expected.docs if running.db is not None else None
@@ -199,15 +205,17 @@ async def wait_done(ctx: Context, running: Consumer, expected: Expected, poll: f
                 if all(done.docs[name] >= docs[name] for name in COLLECTIONS):
                     done.docs_at = now
         if done.cache_at is None and expected.last_quotes:
-            done.cache_missing = await _stale_symbols(ctx.redis, symbols, expected.last_quotes)
-            if not done.cache_missing:
+            symbols = await _stale_symbols(ctx.redis, symbols, expected.last_quotes)
+            done.cache_missing = len(symbols)
+            if not symbols:
                 done.cache_at = now
         if done.end is not None or ctx.listener.failed:
             return done
         if running.proc.poll() is not None:
             done.exited = running.proc.returncode
             return done
-        await asyncio.sleep(poll)
+        only_quotes_left = done.outputs_at is not None and done.docs_at is not None
+        await asyncio.sleep(fine_poll if only_quotes_left else poll)
     if docs is not None and running.db is not None:  # timed out: say how far the documents got
         db = ctx.mongo[running.db]
         done.docs = {name: await db[name].count_documents({}) for name in COLLECTIONS}
@@ -229,13 +237,16 @@ def stored_id(channel: str, doc: Mapping[str, Any]) -> str:
     return f"{doc['product']}:{doc['expiry']}:{at}"
 
 
-async def _stale_symbols(redis: Redis, symbols: list[str], last: Mapping[str, str]) -> int:
+async def _stale_symbols(redis: Redis, symbols: list[str], last: Mapping[str, str]) -> list[str]:
+    """The symbols whose last quote is not yet in latest:option:* (a key only moves forward)."""
+    if not symbols:
+        return []
     values = await redis.mget([f"latest:option:{symbol}" for symbol in symbols])
-    stale = 0
-    for symbol, value in zip(symbols, values, strict=True):
-        if value is None or orjson.loads(value).get("timestamp") != last[symbol]:
-            stale += 1
-    return stale
+    return [
+        symbol
+        for symbol, value in zip(symbols, values, strict=True)
+        if value is None or orjson.loads(value).get("timestamp") != last[symbol]
+    ]
 
 
 async def dlq_length(redis: Redis) -> int:
