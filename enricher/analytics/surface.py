@@ -47,6 +47,7 @@ class ProductSurface:
     expiries: dict[str, Smile] = field(default_factory=dict)
     timestamp: str = ""  # as received, of the newest update
     newest: float = -math.inf  # its event time
+    pruned_on: date | None = None  # the day `SurfaceBook._prune` last ran for
 
     def stamp(self) -> str:
         """Orders snapshots for the cache's set-if-newer guard: fixed width, time order."""
@@ -63,8 +64,15 @@ class SurfaceBook:
         self._max_expiries = max_expiries
         self._max_strikes = max_strikes
 
+    def _surface(self, product: str) -> ProductSurface:
+        # Not setdefault(product, ProductSurface()): that builds a surface on every call.
+        surface = self._products.get(product)
+        if surface is None:
+            surface = self._products[product] = ProductSurface()
+        return surface
+
     def apply_model(self, chain: Chain, model: ChainModel, event_time: str) -> None:
-        surface = self._products.setdefault(chain.product, ProductSurface())
+        surface = self._surface(chain.product)
         moment = chain.timestamp.timestamp()
         held = surface.expiries.get(chain.expiry)
         if held is not None and held.chain_time > moment:
@@ -95,9 +103,10 @@ class SurfaceBook:
     def apply_quote(self, quote: Quote, event_time: str, iv: float | None) -> None:
         if iv is None or not _usable(iv):
             return
-        surface = self._products.setdefault(quote.product, ProductSurface())
+        surface = self._surface(quote.product)
         moment = quote.timestamp.timestamp()
         smile = surface.expiries.get(quote.expiry)
+        added = smile is None
         if smile is None:
             smile = surface.expiries[quote.expiry] = Smile()
         pair = smile.ivs.get(quote.strike)
@@ -112,7 +121,10 @@ class SurfaceBook:
         pair[2 + side] = moment
         smile.rendered = None
         self._touch(surface, moment, event_time)
-        self._prune(surface, quote.timestamp.date())
+        # Pruning depends only on the expiries and the day: skipped while neither changed.
+        today = quote.timestamp.date()
+        if added or today != surface.pruned_on:
+            self._prune(surface, today)
 
     @staticmethod
     def _touch(surface: ProductSurface, moment: float, event_time: str) -> None:
@@ -128,6 +140,7 @@ class SurfaceBook:
         return datetime.fromtimestamp(self._products[product].newest, UTC)
 
     def _prune(self, surface: ProductSurface, today: date) -> None:
+        surface.pruned_on = today
         stamp = today.isoformat()
         expired = [expiry for expiry in surface.expiries if expiry < stamp]
         for expiry in expired:

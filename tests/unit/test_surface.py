@@ -85,3 +85,28 @@ def test_a_quote_rebuilds_its_own_expiry_only() -> None:
     members = book.points("NIFTY", 3)
     assert len(members) == 3
     assert [score for _, score in members] == changed["strikes"][:3]
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["2025-01-20", "2025-01-21", "2025-01-23", "2025-01-30", "2025-02-06"]),
+            st.integers(0, 4 * 86_400),  # event times over four days: expiries pass
+        ),
+        max_size=20,
+    )
+)
+def test_expiries_are_pruned_as_if_after_every_quote(sequence: list[tuple[str, int]]) -> None:
+    """The book skips pruning while neither the day nor its expiries changed: it must keep
+    the expiries that pruning after every applied quote keeps (none past, at most 3)."""
+    book, kept = SurfaceBook(max_expiries=3), dict[str, int]()  # expiry -> its latest update
+    for expiry, seconds in sequence:
+        book.apply_quote(quote(expiry, 23_000.0, "CALL", 0.2, seconds), "t", 0.2)
+        if kept.get(expiry, -1) > seconds:
+            continue  # older than what it would replace: ignored
+        kept[expiry] = seconds
+        today = (START + timedelta(seconds=seconds)).date().isoformat()
+        kept = {e: t for e, t in kept.items() if e >= today}
+        while len(kept) > 3:
+            del kept[max(kept)]
+        assert {entry["expiry"] for entry in book.snapshot("NIFTY")["expiries"]} == set(kept)  # type: ignore[index]
