@@ -94,9 +94,12 @@ def parse(
     handler = _HANDLERS.get(channel) if isinstance(channel, str) else None
     if handler is None:
         raise InvalidMessage(UNKNOWN_CHANNEL, repr(channel)[:80])
-    if not isinstance(data, bytes | bytearray | memoryview | str):
+    if type(data) is bytes:  # what every source gives: one check instead of two
+        size = len(data)
+    elif isinstance(data, bytes | bytearray | memoryview | str):
+        size = data.nbytes if isinstance(data, memoryview) else len(data)
+    else:
         raise InvalidMessage(WRONG_TYPE, f"payload must be bytes, not {type(data).__name__}")
-    size = data.nbytes if isinstance(data, memoryview) else len(data)
     # Checked before decoding, so that a huge payload costs nothing to reject.
     if size > max_bytes:
         raise InvalidMessage(TOO_LARGE, f"{size} bytes > {max_bytes}")

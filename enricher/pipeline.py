@@ -188,16 +188,10 @@ class Pipeline:
 
     def _parse(self, channel: str, batch: Sequence[RawMessage], outcomes: Outcomes) -> list[tuple[Record, RawMessage]]:
         parsed = []
-        settings = self._settings
+        tz, max_bytes, max_strikes = self._tz, self._settings.max_message_bytes, self._settings.max_strikes
         for raw in batch:
             try:
-                record = parse(
-                    channel,
-                    raw.data,
-                    feed_tz=self._tz,
-                    max_bytes=settings.max_message_bytes,
-                    max_strikes=settings.max_strikes,
-                )
+                record = parse(channel, raw.data, feed_tz=tz, max_bytes=max_bytes, max_strikes=max_strikes)
             except InvalidMessage as exc:
                 self._metrics.count(channel, INVALID)
                 outcomes[id(raw)] = INVALID

@@ -150,8 +150,9 @@ _SMALL_T_ROWS: Final = (
 class _Nesting(NamedTuple):
     """Jäckel's six coefficient rows, laid out to nest together in one (6, n) array.
 
-    Row k (1 to 6) has k levels. Each row starts as late as its depth allows, so all end
-    together: round r (0 to 5) nests rows 5 - r to 5, the row k at its level k - 6 + r."""
+    Row i (0 to 5) has i + 1 levels. Each row starts as late as its depth allows, so all end
+    together: round r (0 to 5) nests rows 5 - r to 5, row i at its level i + r - 5 (0 is
+    the innermost)."""
 
     p: FloatArray  # p of each (round, row) in the order the rounds take them, as a column
     q: FloatArray
