@@ -120,22 +120,42 @@ def text(value: object, field: str) -> str:
     return value
 
 
+# Names and expiries already found valid: a feed repeats a handful of each, and a set lookup
+# costs a tenth of checking one again. Bounded: past the bound, new ones are checked each time.
+_KNOWN_MAX: Final = 4096
+_KNOWN_PRODUCTS: Final[set[str]] = set()
+_KNOWN_EXPIRIES: Final[set[str]] = set()
+
+
+def _remember(known: set[str], value: str) -> None:
+    if len(known) < _KNOWN_MAX:
+        known.add(value)
+
+
 def product_name(value: object, expected: str | None = None) -> str:
     """A valid product name, equal to `expected` when one is given (a chain's rows)."""
-    name = text(value, "product")
-    if _PRODUCT.fullmatch(name) is None:
-        raise InvalidMessage(BAD_PRODUCT, f"{show(name)} is not a product name")
+    if type(value) is str and value in _KNOWN_PRODUCTS:
+        name = value
+    else:
+        name = text(value, "product")
+        if _PRODUCT.fullmatch(name) is None:
+            raise InvalidMessage(BAD_PRODUCT, f"{show(name)} is not a product name")
+        _remember(_KNOWN_PRODUCTS, name)
     if expected is not None and name != expected:
         raise InvalidMessage(BAD_PRODUCT, f"{name!r} in a {expected!r} chain")
     return name
 
 
 def expiry_date(value: object, expected: str | None = None) -> str:
-    spelled = text(value, "expiry")  # outside the try: InvalidMessage is a ValueError too
-    try:
-        day = parse_expiry(spelled)
-    except ValueError as exc:
-        raise InvalidMessage(BAD_EXPIRY, str(exc)) from None
+    if type(value) is str and value in _KNOWN_EXPIRIES:
+        day = value  # spelled exactly YYYY-MM-DD, as parse_expiry returns it
+    else:
+        spelled = text(value, "expiry")  # outside the try: InvalidMessage is a ValueError too
+        try:
+            day = parse_expiry(spelled)
+        except ValueError as exc:
+            raise InvalidMessage(BAD_EXPIRY, str(exc)) from None
+        _remember(_KNOWN_EXPIRIES, day)
     if expected is not None and day != expected:
         raise InvalidMessage(BAD_EXPIRY, f"{day} in a {expected} chain")
     return day

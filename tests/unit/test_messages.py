@@ -809,3 +809,30 @@ def test_check_record_accepts_the_samples() -> None:
 def test_fuzz_helpers_reach_every_sample() -> None:
     for name in SAMPLE_FOR:
         assert len(places(sample_doc(name))) >= 5, name
+
+
+def test_known_names_and_expiries_stay_bounded_and_checked() -> None:
+    """Valid products and expiries are remembered, up to a bound; invalid ones never are, so
+    they fail every time, and past the bound new ones are still checked."""
+    from enricher import fields
+    from enricher.records import InvalidMessage
+
+    for _ in range(2):
+        for name in ("nifty", "NIFTY ", 21500, None):
+            with pytest.raises(InvalidMessage):
+                fields.product_name(name)
+        with pytest.raises(InvalidMessage):
+            fields.expiry_date("2025-1-30")
+    assert "nifty" not in fields._KNOWN_PRODUCTS
+    assert "2025-1-30" not in fields._KNOWN_EXPIRIES
+    try:
+        for i in range(fields._KNOWN_MAX + 10):
+            assert fields.product_name(f"P{i}") == f"P{i}"
+        assert len(fields._KNOWN_PRODUCTS) == fields._KNOWN_MAX
+        with pytest.raises(InvalidMessage):
+            fields.product_name("lower")
+    finally:
+        fields._KNOWN_PRODUCTS.clear()
+    assert fields.expiry_date("2025-01-30") == fields.expiry_date("2025-01-30") == "2025-01-30"
+    with pytest.raises(InvalidMessage, match="in a 2025-02-06 chain"):
+        fields.expiry_date("2025-01-30", "2025-02-06")  # remembered, and still compared
