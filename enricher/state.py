@@ -24,7 +24,7 @@ from enricher.cache import Outputs
 from enricher.gaps import GapDetector
 from enricher.metrics import Metrics
 from enricher.quotes import is_gdf
-from enricher.records import OPTION_CHAIN, OPTION_QUOTE, UNDERLYING, Chain, Quote, Record, Tick, utc_iso
+from enricher.records import OPTION_CHAIN, OPTION_QUOTE, UNDERLYING, Chain, Quote, Record, Tick
 from enricher.settings import Settings
 from enricher.source import RawMessage
 from enricher.store import CANDLES, SURFACES, Pending
@@ -109,7 +109,7 @@ class MarketState:
                 candle = self.candles.current(product, window)
                 if candle is not None:
                     # Within a candle a later state has more ticks; a new candle starts later.
-                    version = f"{utc_iso(candle.start_time)}|{candle.num_ticks:012d}"
+                    version = f"{candle.start_stamp}|{candle.num_ticks:012d}"
                     out.set(keys.ohlc_key(product, window), orjson.dumps(candle.to_json()), window * 60, version)
         return applied
 
@@ -204,5 +204,5 @@ def _with_models(
 def _candle_document(candle: Candle) -> Pending:
     doc = candle.to_json()
     doc.update(start_time=candle.start_time, end_time=candle.end_time)
-    doc["_id"] = f"{candle.product}:{candle.window_minutes}:{utc_iso(candle.start_time)}"
+    doc["_id"] = f"{candle.product}:{candle.window_minutes}:{candle.start_stamp}"
     return Pending(doc, "", "internal", b"")

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, NamedTuple
 
+from enricher.records import utc_iso
+
 WINDOWS_MINUTES: Final = (1, 5, 15)
 
 
@@ -33,11 +35,18 @@ class Candle:
     # out of order inside the candle may be earlier than the open or later than the close.
     first_tick_epoch: float
     last_tick_epoch: float
-    # start_time as epoch seconds, cached because every tick compares against it.
+    # start_time as epoch seconds, cached because every tick compares against it; and the
+    # times as the outputs spell them, cached because every batch writes its candles again.
     start_epoch: float = field(init=False, repr=False, compare=False)
+    start_stamp: str = field(init=False, repr=False, compare=False)  # records.utc_iso(start_time)
+    start_text: str = field(init=False, repr=False, compare=False)  # start_time.isoformat()
+    end_text: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.start_epoch = self.start_time.timestamp()
+        self.start_stamp = utc_iso(self.start_time)
+        self.start_text = self.start_time.isoformat()
+        self.end_text = self.end_time.isoformat()
 
     def to_json(self) -> dict[str, Any]:
         """The value of `ohlc:{product}:{w}m`."""
@@ -48,8 +57,8 @@ class Candle:
             "high": self.high,
             "low": self.low,
             "close": self.close,
-            "start_time": self.start_time.isoformat(),
-            "end_time": self.end_time.isoformat(),
+            "start_time": self.start_text,
+            "end_time": self.end_text,
             "num_ticks": self.num_ticks,
         }
 
