@@ -87,15 +87,11 @@ _MINUTE: Final = timedelta(minutes=1)
 
 
 def parse_expiry(text: str) -> str:
-    """A synthetic-feed expiry, which must be spelled exactly `YYYY-MM-DD`."""
+    """A synthetic-feed expiry, which must be spelled exactly `YYYY-MM-DD`.
+
+    Not cached here: `fields.expiry_date`, its caller, remembers the valid ones."""
     if not isinstance(text, str):
         raise ValueError(f"an expiry must be a string, not {type(text).__name__}")
-    return _expiry(text)
-
-
-# A feed quotes a handful of expiries, over and over.
-@lru_cache(maxsize=1024)
-def _expiry(text: str) -> str:
     # date.fromisoformat alone would also take '20250123' and week dates; the
     # length and dash checks hold the feed to the one spelling used in keys.
     if len(text) != 10 or text[4] != "-" or text[7] != "-":
