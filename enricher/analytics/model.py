@@ -48,7 +48,7 @@ from enricher.analytics.expiry import (
     Side,
     expiry_model,
 )
-from enricher.analytics.lean import constants, every, indices, some
+from enricher.analytics.lean import constants, every, filled, indices, some
 from enricher.records import Chain, FloatArray, Json, Quote
 
 __all__ = [
@@ -153,6 +153,8 @@ def price_used(bid: FloatArray, ask: FloatArray, last: FloatArray, max_spread: f
     with np.errstate(all="ignore"):
         mid = _HALF * (bid + ask)
         mid_ok = (bid > _ZERO) & (ask >= bid) & np.isfinite(mid) & (ask - bid <= max_spread * mid)
+        if every(mid_ok):  # a sane book on every option: most chains
+            return mid, np.zeros(mid.shape, dtype=np.uint8)  # MID
         last_ok = (last > _ZERO) & np.isfinite(last)
     code = np.where(mid_ok, MID, np.where(last_ok, LAST, NONE)).astype(np.uint8)
     return np.where(mid_ok, mid, np.where(last_ok, last, _NAN)), code
@@ -319,12 +321,14 @@ def model_chains(
         )
         for c, t, start, end in zip(chains, years, offsets, offsets[1:], strict=False)
     ]
+    is_call = np.zeros(2 * total, dtype=np.bool_)
+    is_call[:total] = True
     solved = _Solved(
-        np.repeat(np.array([f for f, _ in forwards] * 2, dtype=np.float64), sizes * 2),
+        _per_option([f for f, _ in forwards], sizes),
         strikes,
-        np.repeat(np.array(years * 2, dtype=np.float64), sizes * 2),
+        _per_option(years, sizes),
         price,
-        np.arange(2 * total) < total,
+        is_call,
         config.r,
     )
     columns = solved.columns
@@ -395,6 +399,13 @@ def _quote_inputs(
     years = np.array([time_to_expiry(q.product, q.expiry, q.timestamp, config) for q in quotes])
     forward = np.array([math.nan if f is None else f for f in forwards], dtype=np.float64)
     return forward, strike, years, price_used(bid, ask, last, config.max_spread), is_call
+
+
+def _per_option(values: list[float], sizes: list[int]) -> FloatArray:
+    """Each chain's value on each of its options, the calls' then the puts' (`model_chains`' order)."""
+    if len(sizes) == 1:  # one chain, as inline: np.repeat costs ten times more
+        return filled((2 * sizes[0],), values[0])
+    return np.repeat(np.array(values * 2, dtype=np.float64), sizes * 2)
 
 
 def _concat(arrays: list[FloatArray]) -> FloatArray:
