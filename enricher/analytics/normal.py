@@ -7,8 +7,8 @@ forms, for |x| up to 0.46875, up to 4, and beyond; each runs only on the element
 range (index, compute, scatter back), which costs a third of evaluating all three on every
 element and selecting. exp(-x²) is split as Cody does, so the tails keep full precision.
 
-`ndtr` is the exception: it maps the C library's erfc over the elements, which costs less
-than any numpy evaluation at the sizes the model uses (see there).
+`ndtr` and `erfcx_moderate` are the exceptions: they map the C library's erfc over the
+elements, which costs less than any numpy evaluation at a chain's size (see there).
 
 `ndtri_approx` is P. J. Acklam's inverse normal (relative error < 1.2e-9): only good
 enough for initial guesses, which is all the implied-vol solver asks of it.
