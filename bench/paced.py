@@ -64,6 +64,9 @@ class PacedResult:
     peak_queues: str = "-"  # each queue's most messages at once, as % of its capacity
     memory: tuple[int, int, int] | None = None  # TreeSampler.memory()
     notes: list[str] = field(default_factory=list)
+    started: float = 0.0  # perf_counter() when the feed started
+    sent: dict[Key, float] = field(default_factory=dict)  # (product, timestamp) -> its send stamp
+    arrivals: list[tuple[float, str, bytes]] = field(default_factory=list)  # the listener's, as it had them
 
 
 async def run_one(ctx: harness.Context, kind: str, rate: float, duration: float) -> PacedResult:
@@ -93,6 +96,7 @@ async def run_one(ctx: harness.Context, kind: str, rate: float, duration: float)
         result.outputs = f"{len(ctx.listener.arrivals)}/{ticks + chains}"
         if running.db is not None:
             result.docs = f"{sum(done.docs.values())}/{result.published}"
+        result.started, result.sent, result.arrivals = start, sent, list(ctx.listener.arrivals)
         result.latencies, unmatched = latencies_ms(ctx.listener.arrivals, sent)
         for channel in ctx.listener.channels:
             arrivals = [arrival for arrival in ctx.listener.arrivals if arrival[1] == channel]
