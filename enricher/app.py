@@ -62,6 +62,7 @@ class Enricher:
         self._workers: list[asyncio.Task[None]] = []
         self._refills: list[asyncio.Task[None]] = []
         self._services: list[asyncio.Task[None]] = []
+        self._letters_writer: asyncio.Task[None] | None = None  # one of the services
         self._surfaces: list[asyncio.Task[None]] = []
         self._intake: asyncio.Task[None] | None = None
         self._stop_lock = asyncio.Lock()
@@ -133,7 +134,8 @@ class Enricher:
             for index in range(s.workers):
                 self._workers.append(asyncio.create_task(self._work(queue), name=f"worker:{channel}:{index}"))
         self._surfaces.append(asyncio.create_task(self._write_surfaces(), name="surfaces"))
-        self._services.append(asyncio.create_task(self.dead_letters.run(), name="deadletters"))
+        self._letters_writer = asyncio.create_task(self.dead_letters.run(), name="deadletters")
+        self._services.append(self._letters_writer)
         self._services.append(
             asyncio.create_task(track_dlq_length(self.redis, self.metrics.histograms), name="dlq_length")
         )
@@ -306,6 +308,11 @@ class Enricher:
                 self._cut_off(queue.channel, raw.data, raw.receipt, "not processed before the deadline")
         if self.store is not None:
             await _bounded("flush", self.store.flush(deadline), remaining() + 1.0)
+        # The dead-letter writer finishes the write it has in flight, then stops (see
+        # DeadLetters.finish); cancelled below only if that takes too long.
+        if self._letters_writer is not None:
+            self.dead_letters.finish()
+            await _bounded("dead_letter_writer", asyncio.shield(self._letters_writer), 2.0)
         # The background writer stops before the leftovers are collected: a batch it still has
         # in flight goes back into the buffer, instead of being re-queued after take_all().
         await _bounded("services", _cancel(self._services), 5.0)

@@ -141,6 +141,7 @@ class DeadLetters:
         self._pending: deque[DeadLetter] = deque()
         self._buffer_max = buffer_max
         self._wake = asyncio.Event()
+        self._finishing = False
         self.observers: list[Callable[[DeadLetter], None]] = []  # e.g. a replay pairing old and new
 
     def add(self, letter: DeadLetter) -> None:
@@ -174,14 +175,25 @@ class DeadLetters:
         return len(self._pending)
 
     async def run(self, retry_delay: float = 0.5) -> None:
-        while True:
+        """Write letters as they come; after `finish()`, return once the write in flight is done."""
+        while not self._finishing:
             await self._wake.wait()
             self._wake.clear()
-            while self._pending:
+            while self._pending and not self._finishing:
                 written = await self.write_pending()
                 honour_cancel()  # redis-py's pipeline can swallow a cancel
-                if not written:
+                if not written and not self._finishing:
                     await asyncio.sleep(retry_delay)
+
+    def finish(self) -> None:
+        """Let `run()` return after its write in flight, leaving the rest to a last `write_pending()`.
+
+        Shutdown asks this rather than cancelling the writer: a write cut off mid-way has its batch
+        pending again (it may not have landed), so the last write sent it twice if it had, and a
+        replay, which pairs each record with the one letter its message got, kept the extra one.
+        """
+        self._finishing = True
+        self._wake.set()
 
     async def write_pending(self) -> bool:
         """Write what is buffered; False if Redis is unreachable (the records stay buffered)."""

@@ -315,6 +315,36 @@ async def test_dead_letters_in_flight_when_the_writer_is_cancelled_are_kept(own_
         await client.aclose()
 
 
+async def test_a_finished_dead_letter_writer_completes_its_write_and_nothing_is_written_twice(
+    own_redis: RedisServer,
+) -> None:
+    # Shutdown asks the writer to finish instead of cancelling it: cancelled mid-write, its batch
+    # went out again in the last write, and a replay kept those records twice (1 run in 10).
+    from enricher.deadletter import DeadLetters
+    from enricher.metrics import Metrics
+
+    client = Redis.from_url(own_redis.url, socket_timeout=None)
+    letters = DeadLetters(client, Metrics(), max_len=1000)
+    await client.ping()
+    writer = asyncio.create_task(letters.run())
+    try:
+        with paused(own_redis):
+            for index in range(50):
+                letters.reject(UNDERLYING, f"late {index}".encode(), "shutdown", "at the deadline")
+            await wait_for(lambda: letters.pending == 0, what="the batch taken for writing")
+            letters.finish()
+            letters.reject(UNDERLYING, b"after finish", "shutdown", "at the deadline")
+            assert not writer.done()  # its write is still in flight
+        await asyncio.wait_for(writer, 10.0)  # returns once the write is done, without taking more
+        assert letters.pending == 1
+        assert await letters.write_pending()  # what shutdown does next
+        payloads = [orjson.loads(raw)["payload"] for raw in await client.lrange("dlq:enrichment", 0, -1)]
+        assert sorted(payloads) == sorted([f"late {index}" for index in range(50)] + ["after finish"])
+    finally:
+        await cancel_and_wait(writer)
+        await client.aclose()
+
+
 async def test_stream_acks_in_flight_when_the_flusher_is_cancelled_wait_again(own_redis: RedisServer) -> None:
     from enricher.metrics import Metrics
     from enricher.streams import StreamAcks
