@@ -129,6 +129,11 @@ class MongoStore:
         return self._size
 
     @property
+    def held(self) -> int:
+        """Documents not stored yet: the buffered ones, and those of an insert still in flight."""
+        return self._size + sum(len(batch) for batch in self._in_flight.values())
+
+    @property
     def buffered_bytes(self) -> int:
         """Bytes the buffered documents hold: their BSON and their raw payloads."""
         return sum(self._bytes.values())
@@ -272,7 +277,7 @@ class MongoStore:
                 break  # whatever was in flight is handed over by take_all()
             if not written:
                 await asyncio.sleep(min(backoff.next_delay(), max(0.0, deadline - time.monotonic())))
-        return self._size + sum(len(batch) for batch in self._in_flight.values())
+        return self.held
 
     def take_all(self) -> list[Pending]:
         """Hand over what was not written by the hard deadline, in flight included, for dead-lettering.

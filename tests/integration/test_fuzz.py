@@ -304,7 +304,7 @@ class Harness:
             lost = [a for a in expected.accepted if (a.collection, a.identity) not in stored]
             good = sum(a.pristine for a in lost)
             suspects = [(a.channel, a.data[:400]) for a in lost if not a.pristine][:3]
-            buffered = self.app.store.buffered if self.app.store else None
+            buffered = self.app.store.held if self.app.store else None
             raise AssertionError(
                 f"{exc}: {len(lost)} accepted but neither stored nor dead-lettered ({good} straight from the "
                 f"feed); MongoDB write buffer {buffered}; mutated ones among them: {suspects}"

@@ -122,7 +122,7 @@ async def test_unstored_entries_stay_pending_and_a_restart_processes_them(
     app = Enricher(down)
     await app.start(ready_timeout=1.0)
     await writer_for(redis, down).write(messages)
-    await wait_for(lambda: app.store is not None and app.store.buffered >= len(messages), 15, "all buffered")
+    await wait_for(lambda: app.store is not None and app.store.held >= len(messages), 15, "all held for MongoDB")
     await app.stop()
     assert await market_dead_letters(redis) == 0  # derived documents (candles, surfaces) may be there
     assert await pending(redis, down) == len(messages)
