@@ -11,6 +11,8 @@ from functools import lru_cache
 from math import isfinite
 from typing import Final
 
+from enricher.records import utc_iso
+
 # A year outside this range is a corrupted or hostile field, never a real event,
 # and rejecting it here keeps date arithmetic downstream from overflowing.
 MIN_YEAR: Final = 1970
@@ -63,6 +65,7 @@ def parse_event_instant(text: str, feed_tz: tzinfo) -> tuple[datetime, str]:
 # The feed's local minutes, as the UTC minutes they are: (zone, text[:16]) -> "YYYY-MM-DDTHH:MM".
 _UTC_MINUTES: dict[tuple[tzinfo, str], str] = {}
 _UTC_MINUTES_MAX: Final = 4096
+_MINUTE: Final = timedelta(minutes=1)
 
 
 def _stamp(text: str, zone: tzinfo | None, feed_tz: tzinfo, offset: timedelta, naive: datetime) -> str:
@@ -78,12 +81,7 @@ def _stamp(text: str, zone: tzinfo | None, feed_tz: tzinfo, offset: timedelta, n
                 _UTC_MINUTES.clear()
             minute = _UTC_MINUTES[key] = naive.isoformat(timespec="minutes")
         return f"{minute}{text[16:]}+00:00"
-    # isoformat() omits a zero fraction only.
-    spelled = naive.isoformat() if naive.microsecond else naive.isoformat(timespec="microseconds")
-    return spelled + "+00:00"
-
-
-_MINUTE: Final = timedelta(minutes=1)
+    return utc_iso(naive) + "+00:00"  # utc_iso's spelling, of the naive time: half the cost
 
 
 def parse_expiry(text: str) -> str:
