@@ -39,6 +39,7 @@ from enricher.settings import Settings
 from enricher.source import PubSubSource, Receipt, Source
 from enricher.store import MongoStore
 from enricher.streams import StreamSource
+from enricher.warmup import warm_up
 
 log = structlog.get_logger("enricher")
 T = TypeVar("T")
@@ -115,6 +116,7 @@ class Enricher:
         self.pool = AnalyticsPool(s.pool_workers, s.pool_min_strikes, self.metrics)
         self._stack.callback(self.pool.close)
         await self.pool.start()
+        warmed = warm_up(s, s.warm_up) if s.warm_up else 0.0  # before the intake: see warmup.py
         self.pipeline = Pipeline(
             s,
             cache=Cache(self.redis),
@@ -150,7 +152,14 @@ class Enricher:
         self._intake = asyncio.create_task(self._read(), name="intake")
         await self._until_ready(ready_timeout)
         systemd.ready()
-        log.info("ready", channels=list(CHANNELS), workers=s.workers, pool=s.pool_workers, persist=s.persist)
+        log.info(
+            "ready",
+            channels=list(CHANNELS),
+            workers=s.workers,
+            pool=s.pool_workers,
+            persist=s.persist,
+            warm_up_ms=round(warmed * 1000),
+        )
 
     async def _backlog(self, channel: str) -> Backlog | None:
         policy = self.settings.overflow(channel)

@@ -76,6 +76,9 @@ class Settings:
     pool_min_strikes: int = _setting(
         2000, "ENRICHER_POOL_MIN_STRIKES", "chain batches with fewer strikes in all run inline"
     )
+    warm_up: int = _setting(
+        12, "ENRICHER_WARM_UP", "synthetic feed seconds analysed at start-up to warm the code; 0 = off"
+    )
     flush_interval: float = _setting(0.05, "ENRICHER_FLUSH_INTERVAL", "seconds a MongoDB write may wait")
     live_first: float = _setting(
         0.05,
@@ -160,6 +163,8 @@ class Settings:
             raise ValueError("store_backpressure_bytes must be 0 (off) or more")
         if self.pool_workers < 0:
             raise ValueError("pool_workers must be 0 (inline) or more")
+        if self.warm_up < 0:
+            raise ValueError("warm_up must be 0 (off) or more")
         if self.gex_sign not in (1, -1):
             raise ValueError("gex_sign must be 1 or -1")
         try:

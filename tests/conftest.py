@@ -100,6 +100,7 @@ def make_settings(redis_base_url: str, mongo_url: str, db_name: str) -> Callable
             "grace_period": 10.0,
             "log_level": "warning",
             "http_port": 0,  # off: tests that want it start a HealthServer on an ephemeral port
+            "warm_up": 0,  # ~0.1 s per start; tests/unit/test_warmup.py covers it
         }
         values.update(overrides)
         return Settings(**values)

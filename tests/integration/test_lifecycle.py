@@ -152,3 +152,17 @@ async def test_settle_runs_once_everything_is_built_and_before_the_subscription(
         assert await subscribed(redis)
     finally:
         await app.stop()
+
+
+async def test_the_warm_up_leaves_no_trace(make_settings: Callable[..., Settings], redis: Redis) -> None:
+    # warmup.py runs synthetic feed seconds through the analytics at start-up, on a state of its own.
+    app = Enricher(make_settings(warm_up=2))
+    await app.start()
+    try:
+        assert await subscribed(redis)
+        assert await redis.keys("*") == []  # nothing cached, published state or marked
+        assert dict(app.metrics.messages) == {}
+        state = app.pipeline.state
+        assert (state.snapshots, state.forwards, state.spots, state.dirty) == ({}, {}, {}, set())
+    finally:
+        await app.stop()

@@ -1,0 +1,63 @@
+"""Start-up warm-up, so that the first feed seconds cost what every later one does.
+
+A fresh process runs its first batches two to three times slower than later ones: CPython
+3.11 specialises a function's bytecode only once it has run a few times, and numpy, orjson
+and the caches here build things on first use. At the real pace that made the first second
+with chains one of the slowest of a run (README, "Performance"). So before it subscribes, the
+daemon parses, analyses and renders the outputs of a few synthetic feed seconds, every channel,
+against a state of their own that is then dropped: nothing is written, published or counted.
+They are dated January 2025, so the caches keyed by expiry or by minute get nothing that a live
+feed will look up: what warms is the code, not the data.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Final
+
+from enricher.analytics.jobs import chain_job
+from enricher.feed.synthetic import SyntheticFeed
+from enricher.messages import parse
+from enricher.metrics import Metrics
+from enricher.records import OPTION_CHAIN, OPTION_QUOTE, UNDERLYING, Chain
+from enricher.settings import Settings
+from enricher.source import RawMessage
+from enricher.state import Item, MarketState
+
+ROUNDS: Final = 12  # feed seconds
+START: Final = datetime(2025, 1, 20, 4, 0, tzinfo=UTC)
+
+
+def warm_up(settings: Settings, rounds: int = ROUNDS) -> float:
+    """Run `rounds` synthetic feed seconds, each with a chain per product, through the parse, the
+    analytics and the output building, in the settings' mode; return the seconds it took."""
+    started = time.perf_counter()
+    state = MarketState(settings, Metrics())
+    feed = SyntheticFeed(seed=1, start=START, step=timedelta(milliseconds=10))
+    for _ in range(rounds):
+        by_channel: dict[str, list[bytes]] = {UNDERLYING: [], OPTION_QUOTE: [], OPTION_CHAIN: []}
+        for channel, payload in feed.loop():
+            if channel != OPTION_CHAIN:
+                by_channel[channel].append(payload)
+        for product in feed.products:
+            by_channel[OPTION_CHAIN] += [payload for _, payload in feed.chain(product)]
+        now = datetime.now(UTC)
+        state.ticks(_items(settings, UNDERLYING, by_channel[UNDERLYING]), now)
+        chains = _items(settings, OPTION_CHAIN, by_channel[OPTION_CHAIN])
+        records: list[Chain] = [record for record, _, _ in chains]  # type: ignore[misc]
+        state.chains(chains, chain_job(records, state.previous(records), state.model), now)
+        state.quotes(_items(settings, OPTION_QUOTE, by_channel[OPTION_QUOTE]), now)
+        state.surface_outputs()
+    return time.perf_counter() - started
+
+
+def _items(settings: Settings, channel: str, payloads: list[bytes]) -> list[Item]:
+    return [
+        (
+            parse(channel, payload, feed_tz=settings.tz, max_bytes=settings.max_message_bytes),
+            RawMessage(channel, payload, 0.0),
+            "",
+        )
+        for payload in payloads
+    ]
