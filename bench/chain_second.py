@@ -2,15 +2,18 @@
 the bench's send stamps and the listener's arrivals.
 
     .venv/bin/python -m bench.chain_second                      # persistence off, 31 s: six chain seconds
+    .venv/bin/python -m bench.chain_second --steps              # ... and each batch's steps
     .venv/bin/python -m bench.chain_second --kind persist --duration 61
 
 It runs one consumer of bench.throughput's real-rate mode (`paced.run_one`) with bench/tracing
-first on the daemon's PYTHONPATH: its sitecustomize wraps `Pipeline.handle` and writes every
-batch's channel, size, first and last arrival, start and end when the daemon exits (see there).
-All of them, the send stamps and the arrivals are `time.perf_counter()`, one monotonic clock
-for every process on Linux. For each feed second that carried chains it prints, in ms after
-that second was sent, the batches the daemon ran then and when the listener had the chains.
-The wrapper adds two clock reads and a tuple per batch; nothing else changes.
+first on the daemon's PYTHONPATH: its sitecustomize wraps `Pipeline.handle` and the steps of a
+batch (parse, claim, model, state, write; and the surface writes), and writes every batch's
+channel, size, first and last arrival, start and end, and every step's start and end, when the
+daemon exits (see there). All of them, the send stamps and the arrivals are
+`time.perf_counter()`, one monotonic clock for every process on Linux. For each feed second
+that carried chains it prints, in ms after that second was sent, the batches the daemon ran
+then (with --steps, their steps) and when the listener had the chains. The wrappers add two
+clock reads and a tuple per call; nothing else changes.
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TRACING = Path(__file__).resolve().with_name("tracing")
 WINDOW = (-0.005, 0.05)  # seconds around a chain second's send stamp whose batches are shown
 
-Batch = tuple[str, float, float, int, float, float]  # as tracing/sitecustomize.py writes them
+Batch = tuple[str, float, float, int, float, float, int]  # as tracing/sitecustomize.py writes them
+Step = tuple[int, str, float, float]
 
 
 async def traced_run(kind: str, rate: float, duration: float, out: str) -> paced.PacedResult:
@@ -43,12 +47,16 @@ async def traced_run(kind: str, rate: float, duration: float, out: str) -> paced
         return await paced.run_one(ctx, kind, rate, duration)
 
 
-def read_batches(out: str) -> list[Batch]:
+def read_trace(out: str) -> tuple[list[Batch], list[Step]]:
+    """Every traced process's batches (by start) and steps."""
     batches: list[Batch] = []
+    steps: list[Step] = []
     for name in glob.glob(f"{out}.*"):
         with open(name, encoding="utf-8") as file:
-            batches += [tuple(row) for row in json.load(file)]
-    return sorted(batches, key=lambda batch: batch[1])
+            trace = json.load(file)
+        batches += [tuple(row) for row in trace["batches"]]
+        steps += [tuple(row) for row in trace["steps"]]
+    return sorted(batches, key=lambda batch: batch[1]), steps
 
 
 def chain_seconds(result: paced.PacedResult) -> list[tuple[float, list[float]]]:
@@ -61,22 +69,38 @@ def chain_seconds(result: paced.PacedResult) -> list[tuple[float, list[float]]]:
     return sorted(seconds.items())
 
 
-def report(result: paced.PacedResult, batches: list[Batch]) -> None:
+def report(result: paced.PacedResult, batches: list[Batch], steps: list[Step], *, show_steps: bool) -> None:
     def ms(seconds: float) -> str:
         return f"{seconds * 1000:6.2f}"
 
+    by_batch: dict[int, list[Step]] = {}
+    for step in steps:
+        by_batch.setdefault(step[0], []).append(step)
     for sent, arrivals in chain_seconds(result):
         print(
             f"chain second sent at +{sent - result.started:.1f} s: its {len(arrivals)} chains reached the listener "
             f"at {ms(min(arrivals) - sent)}..{ms(max(arrivals) - sent)} ms"
         )
-        for channel, start, end, size, first, last in batches:
+        lines = []  # (when, text, steps' texts): batches and surface writes in start order
+        for channel, start, end, size, first, last, ident in batches:
             if WINDOW[0] <= start - sent <= WINDOW[1]:
                 kind = channel.rsplit(":", 1)[-1]
-                print(
-                    f"    {kind:12s} {size:4d} msgs, arrived {ms(first - sent)}..{ms(last - sent)}"
-                    f"  batch {ms(start - sent)} -> {ms(end - sent)}"
-                )
+                line = f"    {kind:12s} {size:4d} msgs, arrived {ms(first - sent)}..{ms(last - sent)}"
+                inner = [
+                    f"{'':8}{step:9s}{'':29}{ms(begun - sent)} -> {ms(ended - sent)}"
+                    for _, step, begun, ended in sorted(by_batch.get(ident, []), key=lambda row: row[2])
+                ]
+                lines.append((start, f"{line}  batch {ms(start - sent)} -> {ms(end - sent)}", inner))
+        if show_steps:  # the surface writes, which follow the batches rather than run in one
+            lines += [
+                (begun, f"    {step:12s}{'':31}{ms(begun - sent)} -> {ms(ended - sent)}", [])
+                for ident, step, begun, ended in by_batch.get(-1, [])
+                if step == "surfaces" and WINDOW[0] <= begun - sent <= WINDOW[1]
+            ]
+        for _, line, inner in sorted(lines, key=lambda line: line[0]):
+            print(line)
+            for text in inner if show_steps else []:
+                print(text)
     if not batches:
         print("no batches were traced: is bench/tracing/sitecustomize.py shadowed by another sitecustomize?")
 
@@ -88,11 +112,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--kind", choices=("persist", "nopersist"), default="nopersist")
     parser.add_argument("--rate", type=float, default=1.0, help="feed loops/s (1 = the real pace)")
     parser.add_argument("--duration", type=float, default=31.0, help="seconds; chains go every fifth second")
+    parser.add_argument("--steps", action="store_true", help="also each batch's parse, claim, model, state and write")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="enricher-trace-") as where:
         out = os.path.join(where, "batches")
         result = asyncio.run(traced_run(args.kind, args.rate, args.duration, out))
-        report(result, read_batches(out))
+        report(result, *read_trace(out), show_steps=args.steps)
     return 0
 
 
