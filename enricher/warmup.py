@@ -4,9 +4,9 @@ CPython 3.11 specialises a function's bytecode only after it has run a few times
 and numpy and orjson set things up on first use. At the real pace the ticks and quotes of the
 first feed seconds warm their own code, but the chain code first runs when the first chains
 arrive. Timing each step of the daemon's batches at the real pace (bench.throughput's paced
-mode, 6-s runs), that first batch's model of eight chains took 1.56-1.69 ms cold and
-1.31-1.43 ms after this warm-up (seven alternating runs each), about what later chain seconds
-take. So before it subscribes, the
+mode, 6-s runs, seven alternating runs each), that first batch's model of eight chains took
+1.56-1.69 ms cold and 1.31-1.43 ms after this warm-up (in five runs; the machine slowed the
+other two), about what later chain seconds take. So before it subscribes, the
 daemon parses, analyses and renders the outputs of a few synthetic feed seconds, every channel,
 against a state of their own that is then dropped: nothing is written, published or counted.
 They are dated January 2025, so the caches keyed by expiry or by minute get nothing that a live
