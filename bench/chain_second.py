@@ -4,6 +4,7 @@ the bench's send stamps and the listener's arrivals.
     .venv/bin/python -m bench.chain_second                      # persistence off, 31 s: six chain seconds
     .venv/bin/python -m bench.chain_second --steps              # ... and each batch's steps
     .venv/bin/python -m bench.chain_second --kind persist --duration 61
+    .venv/bin/python -m bench.chain_second --env ENRICHER_WORKERS=3     # any setting
 
 It runs one consumer of bench.throughput's real-rate mode (`paced.run_one`) with bench/tracing
 first on the daemon's PYTHONPATH: its sitecustomize wraps `Pipeline.handle` and the steps of a
@@ -39,10 +40,10 @@ Batch = tuple[str, float, float, int, float, float, int]  # as tracing/sitecusto
 Step = tuple[int, str, float, float]
 
 
-async def traced_run(kind: str, rate: float, duration: float, out: str) -> paced.PacedResult:
+async def traced_run(kind: str, rate: float, duration: float, out: str, extra: dict[str, str]) -> paced.PacedResult:
     # The checkout first, so the daemon and the recorder import the enricher this bench runs.
     path = [str(TRACING), str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
-    env = {"PYTHONPATH": os.pathsep.join(path), "BENCH_TRACE_OUT": out}
+    env = extra | {"PYTHONPATH": os.pathsep.join(path), "BENCH_TRACE_OUT": out}
     async with harness.session(60.0, env) as ctx:
         return await paced.run_one(ctx, kind, rate, duration)
 
@@ -113,10 +114,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=1.0, help="feed loops/s (1 = the real pace)")
     parser.add_argument("--duration", type=float, default=31.0, help="seconds; chains go every fifth second")
     parser.add_argument("--steps", action="store_true", help="also each batch's parse, claim, model, state and write")
+    parser.add_argument(
+        "--env", action="append", default=[], metavar="KEY=VALUE", help="extra environment for enricher"
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="enricher-trace-") as where:
         out = os.path.join(where, "batches")
-        result = asyncio.run(traced_run(args.kind, args.rate, args.duration, out))
+        env = dict(item.split("=", 1) for item in args.env)
+        result = asyncio.run(traced_run(args.kind, args.rate, args.duration, out, env))
         report(result, *read_trace(out), show_steps=args.steps)
     return 0
 
