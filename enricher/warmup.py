@@ -19,6 +19,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
+import structlog
+
 from enricher.analytics.jobs import chain_job
 from enricher.feed.synthetic import SyntheticFeed
 from enricher.messages import parse
@@ -28,13 +30,26 @@ from enricher.settings import Settings
 from enricher.source import RawMessage
 from enricher.state import Item, MarketState
 
+log = structlog.get_logger("enricher.warmup")
 START: Final = datetime(2025, 1, 20, 4, 0, tzinfo=UTC)
 
 
 def warm_up(settings: Settings, rounds: int) -> float:
     """Run `rounds` synthetic feed seconds, each with a chain per product, through the parse, the
-    analytics and the output building, in the settings' mode; return the seconds it took."""
+    analytics and the output building, in the settings' mode; return the seconds it took.
+
+    It is an optimisation, so it never stops a start: if the settings refuse the synthetic
+    messages (say `ENRICHER_MAX_STRIKES` below their 21 strikes), or anything else fails, it
+    logs why and the daemon starts cold."""
     started = time.perf_counter()
+    try:
+        _run(settings, rounds)
+    except Exception as exc:  # a warm-up is worth a warning, never a failed start
+        log.warning("warm_up_failed", error_type=type(exc).__name__, error=str(exc)[:200])
+    return time.perf_counter() - started
+
+
+def _run(settings: Settings, rounds: int) -> None:
     state = MarketState(settings, Metrics())
     feed = SyntheticFeed(seed=1, start=START, step=timedelta(milliseconds=10))
     for _ in range(rounds):
@@ -51,13 +66,18 @@ def warm_up(settings: Settings, rounds: int) -> float:
         state.chains(chains, chain_job(records, state.previous(records), state.model), now)
         state.quotes(_items(settings, OPTION_QUOTE, by_channel[OPTION_QUOTE]), now)
         state.surface_outputs()
-    return time.perf_counter() - started
 
 
 def _items(settings: Settings, channel: str, payloads: list[bytes]) -> list[Item]:
     return [
         (
-            parse(channel, payload, feed_tz=settings.tz, max_bytes=settings.max_message_bytes),
+            parse(
+                channel,
+                payload,
+                feed_tz=settings.tz,
+                max_bytes=settings.max_message_bytes,
+                max_strikes=settings.max_strikes,
+            ),
             RawMessage(channel, payload, 0.0),
             "",
         )

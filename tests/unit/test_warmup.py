@@ -32,3 +32,11 @@ def test_warm_up_runs_each_channel_every_round(monkeypatch: pytest.MonkeyPatch, 
     assert min(seen["quotes"]) > 0
     # A state of its own: no feed gap, no late tick, nothing worth a warning at start-up.
     assert [entry for entry in logged if entry["log_level"] != "debug"] == []
+
+
+def test_a_warm_up_the_settings_refuse_is_a_warning_not_a_failed_start() -> None:
+    with capture_logs() as logged:
+        warmup.warm_up(Settings(max_strikes=5), rounds=2)  # the synthetic chains have 21 strikes
+    [warning] = [entry for entry in logged if entry["log_level"] != "debug"]
+    assert warning["event"] == "warm_up_failed"
+    assert warning["error_type"] == "InvalidMessage"
