@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import math
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -252,10 +253,17 @@ class Enricher:
         last, and a chain batch publishes without first rendering and writing its surfaces.
         """
         changed, live_first = self.pipeline.surfaces_changed, self.live_first
+        interval, clock = self.settings.surface_interval, asyncio.get_running_loop().time
+        written = -math.inf
         while True:
             await changed.wait()
+            # At most one write per interval: in a burst every quote batch changes every
+            # product's surface, and rewriting them all after each batch kept Redis busy.
+            if (wait := written + interval - clock()) > 0.0:
+                await asyncio.sleep(wait)
             await live_first.wait(LAST)
             changed.clear()
+            written = clock()
             try:
                 await self.pipeline.write_surfaces()
             except Exception:  # a bug in rendering: log it, keep the writer alive

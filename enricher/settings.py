@@ -126,6 +126,9 @@ class Settings:
         "expiry close per product, e.g. NIFTY=15:30@Asia/Kolkata (NSE default; else 16:00@America/New_York)",
     )
     gex_sign: int = _setting(1, "ENRICHER_GEX_SIGN", "+1: dealers long calls, short puts; -1: the reverse")
+    surface_interval: float = _setting(
+        0.1, "ENRICHER_SURFACE_INTERVAL", "least seconds between two writes of the changed surfaces' keys; 0 = no wait"
+    )
     surface_snapshot_interval: float = _setting(
         60.0, "ENRICHER_SURFACE_SNAPSHOT_INTERVAL", "seconds between surface snapshots in MongoDB per product"
     )
@@ -165,6 +168,8 @@ class Settings:
             raise ValueError("pool_workers must be 0 (inline) or more")
         if self.warm_up < 0:
             raise ValueError("warm_up must be 0 (off) or more")
+        if not self.surface_interval >= 0.0:
+            raise ValueError("surface_interval must be 0 or more")
         if self.gex_sign not in (1, -1):
             raise ValueError("gex_sign must be 1 or -1")
         try:

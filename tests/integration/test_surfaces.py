@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import orjson
 from redis.asyncio import Redis
 
+from enricher.app import Enricher
 from enricher.cache import Cache
 from enricher.deadletter import DeadLetters
 from enricher.embedded import RedisServer
@@ -19,7 +20,8 @@ from enricher.pool import AnalyticsPool
 from enricher.records import OPTION_CHAIN
 from enricher.settings import Settings
 from enricher.source import RawMessage
-from tests.conftest import sample
+from tests.conftest import sample, wait_for
+from tests.integration.helpers import publish, surface_at, with_fields
 
 CHAIN = sample("synthetic_option_chain.json")
 
@@ -76,3 +78,24 @@ async def test_surfaces_stay_dirty_while_redis_is_down(make_settings: Callable[.
                 assert pipeline.state.dirty == {"NIFTY"}  # for the next call, once Redis is back
         finally:
             await redis.aclose()
+
+
+async def test_surface_writes_wait_out_their_interval_and_shutdown_writes_the_last(
+    start_app: Callable[..., Awaitable[Enricher]], redis: Redis
+) -> None:
+    app = await start_app(surface_interval=60.0)
+    first, later = "2025-01-20T10:15:30.123456", "2025-01-20T10:15:35.123456"
+    await publish(redis, OPTION_CHAIN, CHAIN)
+    await surface_at(redis, "NIFTY", first)  # the first write does not wait
+
+    async def later_chain_cached() -> bool:
+        raw = await redis.get("latest:chain:NIFTY:2025-01-23")
+        return raw is not None and orjson.loads(raw)["timestamp"] == later
+
+    await publish(redis, OPTION_CHAIN, with_fields(CHAIN, timestamp=later))
+    await wait_for(later_chain_cached, what="the later chain in the cache")
+    held = orjson.loads(await redis.get("volatility_surface:NIFTY") or b"{}")
+    assert held["timestamp"] == first  # its surface waits for the next write, up to 60 s away
+    await app.stop()
+    written = orjson.loads(await redis.get("volatility_surface:NIFTY") or b"{}")
+    assert written["timestamp"] == later  # shutdown writes what was waiting
