@@ -119,7 +119,7 @@ class TreeSampler:
 
     def __init__(self, root: int, rescan_every: float = 1.0) -> None:
         self.root = root
-        self._lock = threading.RLock()  # run() samples in a thread, while the caller may read or mark
+        self._lock = threading.Lock()  # run() samples in a thread, while the caller may read or mark
         self._rescan_every = rescan_every
         self._pids: list[int] = []
         self._scanned_at = 0.0
