@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -32,6 +33,12 @@ class Result:
     def rate(self) -> float | None:
         return None if not self.end else self.messages / self.end
 
+    @property
+    def all_cpu(self) -> float | None:
+        """CPU seconds of every process the run used: consumer, Redis, SecantusDB, the bench."""
+        parts = [x for x in (self.cpu, *self.server_cpu, self.bench_cpu) if x is not None]
+        return sum(parts) if parts else None
+
 
 def report(title: str, results: Sequence[Result]) -> None:
     def row(name: str, values: list[str]) -> tuple[str, list[str]]:
@@ -42,6 +49,10 @@ def report(title: str, results: Sequence[Result]) -> None:
 
     def per_k(r: Result, seconds: float | None) -> str:
         return fmt(None if seconds is None else seconds / (r.messages / 1000), ".3f")
+
+    def machine(r: Result) -> str:
+        cores = os.cpu_count() or 1
+        return fmt(None if r.all_cpu is None or not r.end else 100 * r.all_cpu / (r.end * cores), ".0f")
 
     rows = [
         row("input msg/s (first publish -> last output/doc)", [fmt(r.rate, ".0f") for r in results]),
@@ -62,6 +73,8 @@ def report(title: str, results: Sequence[Result]) -> None:
         row("redis-server CPU s / 1k msgs", [per_k(r, r.server_cpu[0]) for r in results]),
         row("SecantusDB CPU s / 1k msgs", [per_k(r, r.server_cpu[1]) for r in results]),
         row("bench process CPU s / 1k msgs", [per_k(r, r.bench_cpu) for r in results]),
+        row("all of the above, CPU s / 1k msgs", [per_k(r, r.all_cpu) for r in results]),
+        row(f"machine busy, % of its {os.cpu_count()} cores till completion", [machine(r) for r in results]),
         memory_row([r.memory for r in results]),
     ]
     print_table(title, [r.name for r in results], rows)
@@ -78,3 +91,9 @@ def report(title: str, results: Sequence[Result]) -> None:
         a, b = by.get(num), by.get(den)
         if a and b:
             print(f"  ratio {label}: {a:.0f} / {b:.0f} = {a / b:.2f}")
+    # On a machine the run keeps busy, throughput follows the CPU every process spends per message.
+    cpu = {r.name: r.all_cpu / r.messages for r in results if r.all_cpu}
+    if "4 no-persist" in cpu and "1 bare" in cpu:
+        bare, enriched = cpu["1 bare"] * 1e6, cpu["4 no-persist"] * 1e6
+        label = "CPU of all processes per message, bare / no-persist"
+        print(f"  {label}: {bare:.1f} / {enriched:.1f} us = {bare / enriched:.2f}")
