@@ -19,7 +19,7 @@ from typing import Final
 import orjson
 from redis.asyncio import Redis
 
-from enricher.idempotency import DONE_LUA
+from enricher.idempotency import DONE_LUA, Claim, claim_lua, claims
 
 ENRICHED_UNDERLYING: Final = "enriched:underlying"
 ENRICHED_CHAIN: Final = "enriched:option_chain"
@@ -36,11 +36,14 @@ STAMP_PREFIX: Final = "enricher:stamp:"
 # byte for byte. Stamps are fixed-width strings, so byte order is time order. Keys travel in
 # the argument too, not in KEYS: fine on one Redis server, not on Redis Cluster, which
 # enricher does not support (README, "Scaling out").
-#   ARGV[1]: [sets, sorted sets, publishes, done marks, done ttl]
+#   ARGV[1]: [sets, sorted sets, publishes, done marks, done ttl(, claims)]
 #     sets: [key, value, ttl, stamp] each;  sorted sets: [key, stamp, [score, member, ...]] each;
 #     publishes: [channel, value] each;  a value is a string, or the index in ARGV of a blob;
 #     done marks: idempotency keys, given with persistence off, where the cache is the durable
-#     result (idempotency.py), marked in the same call
+#     result (idempotency.py), marked in the same call;
+#     claims: idempotency keys claimed in the same call, after the writes, as done at once
+#     (`write_claiming`); the answer is then a digit per key, as the claim script's, and a
+#     key whose stamp equals the value's keeps its value (the same message wrote it)
 #   ARGV[2...]: the blobs
 BLOB: Final = 1024
 ZADD_ARGS: Final = 1000  # scores and members per ZADD: one call for a surface, well inside Lua's stack
@@ -52,10 +55,12 @@ local function value(v)
     if type(v) == 'number' then return ARGV[v] end
     return v
 end
+-- When claiming, a key's equal stamp means a message of the same identity wrote it: keep it.
+local strict = batch[6] ~= nil
 for _, s in ipairs(batch[1]) do
     local stamp_key = prefix .. s[1]
     local current = redis.call('GET', stamp_key)
-    if not current or current <= s[4] then
+    if not current or current < s[4] or (current == s[4] and not strict) then
         redis.call('SET', s[1], value(s[2]), 'EX', s[3])
         redis.call('SET', stamp_key, s[4], 'EX', s[3])
     end
@@ -77,6 +82,12 @@ for _, p in ipairs(batch[3]) do
 end
 local done, done_ttl = batch[4], batch[5]
 {DONE_LUA}
+if batch[6] then
+    local answer = {{}}
+    for i, key in ipairs(batch[6]) do{claim_lua("d", "EX", "done_ttl")}
+    end
+    return table.concat(answer)
+end
 return #batch[1] + #batch[2] + #batch[3]
 """
 
@@ -139,8 +150,20 @@ class Cache:
 
     async def write(self, outputs: Outputs, done: Sequence[str] = (), done_ttl: int = 0) -> None:
         """Write `outputs`, and mark `done` (idempotency keys) done for `done_ttl` seconds."""
-        if not outputs and not done:
-            return
+        if outputs or done:
+            await self._write(keys=[], args=self._arguments(outputs, done, done_ttl))
+
+    async def write_claiming(self, outputs: Outputs, keys: Sequence[str], done_ttl: int) -> list[Claim]:
+        """Write `outputs`, then claim `keys` as done for `done_ttl` seconds, in one call; return
+        each key's claim. Only for outputs whose stamp is their message's identity (a quote's
+        cache key: symbol and event time): a duplicate's is then refused by its equal stamp, and
+        a key already claimed is left as it is."""
+        return claims(await self._write(keys=[], args=self._arguments(outputs, (), done_ttl, keys)))
+
+    @staticmethod
+    def _arguments(
+        outputs: Outputs, done: Sequence[str], done_ttl: int, claiming: Sequence[str] | None = None
+    ) -> list[bytes]:
         blobs: list[bytes] = []
         index: dict[int, int] = {}  # id(value) -> its ARGV index: one copy of a value used twice
 
@@ -161,4 +184,5 @@ class Cache:
             for key, (members, stamp) in outputs.sorted_sets.items()
         ]
         publishes = [(channel, ref(data)) for channel, data in outputs.publishes]
-        await self._write(keys=[], args=[orjson.dumps((sets, zsets, publishes, done, done_ttl)), *blobs])
+        batch = (sets, zsets, publishes, done, done_ttl) + (() if claiming is None else (claiming,))
+        return [orjson.dumps(batch), *blobs]

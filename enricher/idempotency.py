@@ -5,6 +5,8 @@ results are durable (MongoDB acknowledged, or the cache written when persistence
 does the mark become *done*, with a long TTL. A failure releases the claim, and a crash
 lets it expire after `inflight_ttl`, so a redelivery is never skipped as a duplicate before
 its data is stored. MongoDB's unique `_id` on the same identity stays the source of truth.
+Quotes without persistence are claimed as done in the script call that writes their cache
+keys, which is their whole result (`cache.Cache.write_claiming`, `claim_lua` here).
 """
 
 from __future__ import annotations
@@ -29,22 +31,28 @@ def mark_key(kind: str, identity: str) -> str:
     return f"{PREFIX}{kind}:{identity}"
 
 
+def claim_lua(mark: str, expiry: str, ttl: str) -> str:
+    """Claiming `key`, as a piece of script: `answer[i]` becomes a digit of the reply, 0 for NEW,
+    1 for DONE and 2 for BUSY (`claims`). A NEW key holds `mark` for `ttl` (`expiry`: PX or EX)."""
+    return f"""
+    if redis.call('SET', key, '{mark}', 'NX', '{expiry}', {ttl}) then
+        answer[i] = '0'
+    elseif redis.call('GET', key) == 'd' then
+        answer[i] = '1'
+    else
+        answer[i] = '2'
+    end"""
+
+
 # One script call per batch, its keys in ONE argument (a JSON array, decoded by the script's
 # cjson) and its answer in one string, a digit per key: redis-py then packs three arguments
 # and parses one reply, whatever the batch's size. (Keys passed as arguments, not KEYS, are
 # fine on one server; enricher does not support Redis Cluster.)
-_CLAIM: Final = """
-local claims = {}
-for i, key in ipairs(cjson.decode(ARGV[2])) do
-    if redis.call('SET', key, 'p', 'NX', 'PX', ARGV[1]) then
-        claims[i] = '0'
-    elseif redis.call('GET', key) == 'd' then
-        claims[i] = '1'
-    else
-        claims[i] = '2'
-    end
+_CLAIM: Final = f"""
+local answer = {{}}
+for i, key in ipairs(cjson.decode(ARGV[2])) do{claim_lua("p", "PX", "ARGV[1]")}
 end
-return table.concat(claims)
+return table.concat(answer)
 """
 # Marking done, as a piece of script: `done` is a decoded array of keys, `done_ttl` seconds.
 # Also inside cache.py's write, which with persistence off marks them in the same call.
@@ -71,8 +79,7 @@ class Idempotency:
     async def claim(self, keys: Sequence[str]) -> list[Claim]:
         if not keys:
             return []
-        reply = await self._claim(keys=[], args=[self._inflight_ms, orjson.dumps(keys)])
-        return [_CLAIMS[digit - _ZERO] for digit in reply]
+        return claims(await self._claim(keys=[], args=[self._inflight_ms, orjson.dumps(keys)]))
 
     @property
     def done_ttl(self) -> int:
@@ -85,3 +92,8 @@ class Idempotency:
     async def release(self, keys: Sequence[str]) -> None:
         if keys:
             await self._redis.delete(*keys)
+
+
+def claims(reply: bytes) -> list[Claim]:
+    """A claiming script's answer, a digit per key (`claim_lua`)."""
+    return [_CLAIMS[digit - _ZERO] for digit in reply]

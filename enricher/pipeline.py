@@ -1,7 +1,8 @@
 """One batch of one channel's messages: parse → dedupe → analyse → cache and publish → persist.
 
-Everything here works on whole batches: one idempotency round trip, one pool call, one Redis
-pipeline and one hand-over to the MongoDB writer per batch, never one per message.
+Everything here works on whole batches: one idempotency round trip (none for quotes without
+persistence, claimed in their cache write), one pool call, one Redis script call and one
+hand-over to the MongoDB writer per batch, never one per message.
 """
 
 from __future__ import annotations
@@ -84,8 +85,10 @@ class Pipeline:
         outcomes: Outcomes = {}
         turns = self._turns[channel]
         ticket = turns.ticket()  # before any await: tickets follow the queue's order
+        # Quotes without persistence claim in their cache write: see _write_claiming.
+        claim_in_write = channel == OPTION_QUOTE and self._store is None
         try:
-            items = await self._prepare(channel, batch, outcomes)
+            items = await self._prepare(channel, batch, outcomes, claim=not claim_in_write)
             await turns.turn(ticket)
             if self._settings.restore_state:
                 await self._recall({record.product for record, _, _ in items})
@@ -95,7 +98,9 @@ class Pipeline:
         if self.state.dirty:
             self.surfaces_changed.set()
         if isinstance(applied, Exception):
-            await self._give_up(channel, items, applied, 1, outcomes)
+            await self._give_up(channel, items if not claim_in_write else _unclaimed(items), applied, 1, outcomes)
+        elif items and claim_in_write:
+            await self._write_claiming(channel, items, applied.outputs, outcomes)
         elif items:
             started = time.perf_counter()
             # With persistence off, the cache is the durable result: its write marks them done.
@@ -111,13 +116,18 @@ class Pipeline:
                 self._account(channel, items, time.perf_counter() - started, outcomes)
         return [outcomes.get(id(raw), FAILED) for raw in batch]
 
-    async def _prepare(self, channel: str, batch: Sequence[RawMessage], outcomes: Outcomes) -> list[Item]:
-        """Parse and claim: the part that may overlap with other batches."""
-        parsed = self._parse(channel, batch, outcomes)
+    async def _prepare(
+        self, channel: str, batch: Sequence[RawMessage], outcomes: Outcomes, *, claim: bool
+    ) -> list[Item]:
+        """Parse and claim (or, with `claim` false, only drop a batch's second copies): the
+        part that may overlap with other batches."""
+        unique = self._unique(channel, self._parse(channel, batch, outcomes), outcomes)
+        if not claim:
+            return [(record, raw, key) for key, (record, raw) in unique.items()]
         try:
-            return await self._claim(channel, parsed, outcomes)
+            return await self._claim(channel, unique, outcomes)
         except Exception as exc:  # Redis stayed down through every retry
-            unclaimed = [(record, raw, "") for record, raw in parsed]
+            unclaimed = [(record, raw, "") for record, raw in unique.values()]
             await self._give_up(channel, unclaimed, exc, self._settings.retry_attempts, outcomes)
             return []
 
@@ -201,7 +211,10 @@ class Pipeline:
             parsed.append((record, raw))
         return parsed
 
-    async def _claim(self, channel: str, parsed: list[tuple[Record, RawMessage]], outcomes: Outcomes) -> list[Item]:
+    def _unique(
+        self, channel: str, parsed: list[tuple[Record, RawMessage]], outcomes: Outcomes
+    ) -> dict[str, tuple[Record, RawMessage]]:
+        """Each message by its idempotency key; a second copy in the batch is a duplicate."""
         kind = KIND[channel]
         unique: dict[str, tuple[Record, RawMessage]] = {}
         for record, raw in parsed:
@@ -211,13 +224,23 @@ class Pipeline:
                 settle(raw)  # its twin carries the same payload to a result or a dead letter
             else:
                 unique[key] = (record, raw)
+        return unique
+
+    async def _claim(
+        self, channel: str, unique: dict[str, tuple[Record, RawMessage]], outcomes: Outcomes
+    ) -> list[Item]:
         if not unique:
             return []
         claims = await self._retry(channel, lambda: self._idem.claim(list(unique)))
-        items = []
-        for (key, (record, raw)), claim in zip(unique.items(), claims, strict=True):
+        items = [(record, raw, key) for key, (record, raw) in unique.items()]
+        return self._claimed(channel, items, claims, outcomes)
+
+    def _claimed(self, channel: str, items: list[Item], claims: list[Claim], outcomes: Outcomes) -> list[Item]:
+        """The items this delivery owns; the others are counted duplicates and let go of."""
+        owned = []
+        for (record, raw, key), claim in zip(items, claims, strict=True):
             if claim is Claim.NEW:
-                items.append((record, raw, key))
+                owned.append((record, raw, key))
                 continue
             self._duplicate(channel, record, raw, outcomes)
             if claim is Claim.DONE:
@@ -226,7 +249,34 @@ class Pipeline:
                 # BUSY: another delivery holds it now and will finish it, or its mark expires
                 # and a stream redelivers this one; it must not be acknowledged meanwhile.
                 defer(raw)
-        return items
+        return owned
+
+    async def _write_claiming(self, channel: str, items: list[Item], outputs: Outputs, outcomes: Outcomes) -> None:
+        """Quotes without persistence: write the batch's cache keys and claim its messages as
+        done, in one script call instead of a claim before and a write after.
+
+        This is safe for quotes because a quote's cache stamp is its identity's event time: the
+        write refuses a value whose stamp its key already holds, which only a message of the
+        same identity can have written, so a duplicate changes nothing there (a redelivery's
+        surface point is the one already there too). Only the accounting needs the claims, and
+        they come back with the write. The claims follow the writes in the script, so a call
+        that fails part-way marks nothing done that was not written, and a failed call leaves
+        no claim of ours to release. A retry after a lost reply finds its own claims: the
+        batch is then counted as duplicates, and its writes stand.
+        """
+        started = time.perf_counter()
+        keys = [key for _, _, key in items]
+        try:
+            claims = await self._retry(channel, lambda: self._cache.write_claiming(outputs, keys, self._idem.done_ttl))
+        except Exception as exc:
+            attempts = self._settings.retry_attempts if is_transient(exc) else 1
+            await self._give_up(channel, _unclaimed(items), exc, attempts, outcomes)
+            return
+        owned = self._claimed(channel, items, claims, outcomes)
+        for _, raw, _ in owned:
+            settle(raw)
+        if owned:
+            self._account(channel, owned, time.perf_counter() - started, outcomes)
 
     async def _write_with_retry(
         self, channel: str, items: list[Item], outputs: Outputs, outcomes: Outcomes, done: list[str]
@@ -294,3 +344,8 @@ class Pipeline:
                     batch_ms=round(seconds * 1000, 3),
                     latency_ms=round((now - raw.received_at) * 1000, 3),
                 )
+
+
+def _unclaimed(items: list[Item]) -> list[Item]:
+    """Items whose keys are not ours to release: nothing was claimed for them."""
+    return [(record, raw, "") for record, raw, _ in items]

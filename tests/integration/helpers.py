@@ -10,8 +10,14 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
-from enricher.deadletter import select
+from enricher.cache import Cache
+from enricher.deadletter import DeadLetters, select
+from enricher.idempotency import Idempotency
+from enricher.metrics import Metrics
+from enricher.pipeline import Pipeline
+from enricher.pool import AnalyticsPool
 from enricher.records import CHANNELS
+from enricher.settings import Settings
 from tests.conftest import wait_for
 
 
@@ -87,3 +93,18 @@ async def surface_at(redis: Redis, product: str, timestamp: str) -> dict[str, An
 
     await wait_for(written, what=f"the surface of {product} at {timestamp}")
     return found
+
+
+@contextlib.asynccontextmanager
+async def pipeline_on(redis: Redis, settings: Settings) -> AsyncIterator[Pipeline]:
+    """A pipeline with no MongoDB (persistence off) and no pool, writing to `redis`."""
+    metrics = Metrics()
+    yield Pipeline(
+        settings,
+        cache=Cache(redis),
+        idempotency=Idempotency(redis, inflight_ttl=30.0, done_ttl=60),
+        store=None,
+        dead_letters=DeadLetters(redis, metrics, max_len=100),
+        pool=AnalyticsPool(0, 0, metrics),
+        metrics=metrics,
+    )

@@ -3,42 +3,20 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 
 import orjson
 from redis.asyncio import Redis
 
 from enricher.app import Enricher
-from enricher.cache import Cache
-from enricher.deadletter import DeadLetters
 from enricher.embedded import RedisServer
-from enricher.idempotency import Idempotency
-from enricher.metrics import Metrics
-from enricher.pipeline import Pipeline
-from enricher.pool import AnalyticsPool
 from enricher.records import OPTION_CHAIN
 from enricher.settings import Settings
 from enricher.source import RawMessage
 from tests.conftest import sample, wait_for
-from tests.integration.helpers import publish, surface_at, with_fields
+from tests.integration.helpers import pipeline_on, publish, surface_at, with_fields
 
 CHAIN = sample("synthetic_option_chain.json")
-
-
-@asynccontextmanager
-async def pipeline_on(redis: Redis, settings: Settings) -> AsyncIterator[Pipeline]:
-    """A pipeline with no MongoDB (persistence off) and no pool, writing to `redis`."""
-    metrics = Metrics()
-    yield Pipeline(
-        settings,
-        cache=Cache(redis),
-        idempotency=Idempotency(redis, inflight_ttl=30.0, done_ttl=60),
-        store=None,
-        dead_letters=DeadLetters(redis, metrics, max_len=100),
-        pool=AnalyticsPool(0, 0, metrics),
-        metrics=metrics,
-    )
 
 
 def chain_message() -> RawMessage:
