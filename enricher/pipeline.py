@@ -98,7 +98,7 @@ class Pipeline:
         if self.state.dirty:
             self.surfaces_changed.set()
         if isinstance(applied, Exception):
-            await self._give_up(channel, items if not claim_in_write else _unclaimed(items), applied, 1, outcomes)
+            await self._give_up(channel, _unclaimed(items) if claim_in_write else items, applied, 1, outcomes)
         elif items and claim_in_write:
             await self._write_claiming(channel, items, applied.outputs, outcomes)
         elif items:
