@@ -143,7 +143,8 @@ class MarketState:
             chain: Chain = record  # type: ignore[assignment]
             where = (chain.product, chain.expiry)
             self.snapshots[where] = snapshot
-            if model.forward is not None:
+            # Not from a chain older than the snapshot kept: one that arrives late.
+            if model.forward is not None and snapshot.timestamp <= chain.timestamp:
                 self.forwards[where] = model.forward
             received = chain.doc["timestamp"]
             position = {strike: index for index, strike in enumerate(chain.strikes.tolist())}
