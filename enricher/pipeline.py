@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import structlog
@@ -105,7 +106,8 @@ class Pipeline:
             started = time.perf_counter()
             # With persistence off, the cache is the durable result: its write marks them done.
             done = [key for _, _, key in items] if self._store is None else []
-            if await self._write_with_retry(channel, items, applied.outputs, outcomes, done):
+            write = partial(self._cache.write, applied.outputs, done, self._idem.done_ttl)
+            if await self._write_with_retry(channel, items, write, outcomes):
                 if self._store is not None:
                     self._store.add(COLLECTION[channel], applied.documents)
                     for collection, extra in applied.extras:
@@ -266,11 +268,12 @@ class Pipeline:
         """
         started = time.perf_counter()
         keys = [key for _, _, key in items]
-        try:
-            claims = await self._retry(channel, lambda: self._cache.write_claiming(outputs, keys, self._idem.done_ttl))
-        except Exception as exc:
-            attempts = self._settings.retry_attempts if is_transient(exc) else 1
-            await self._give_up(channel, _unclaimed(items), exc, attempts, outcomes)
+        claims: list[Claim] = []
+
+        async def write() -> None:
+            claims[:] = await self._cache.write_claiming(outputs, keys, self._idem.done_ttl)
+
+        if not await self._write_with_retry(channel, _unclaimed(items), write, outcomes):
             return
         owned = self._claimed(channel, items, claims, outcomes)
         for _, raw, _ in owned:
@@ -279,10 +282,11 @@ class Pipeline:
             self._account(channel, owned, time.perf_counter() - started, outcomes)
 
     async def _write_with_retry(
-        self, channel: str, items: list[Item], outputs: Outputs, outcomes: Outcomes, done: list[str]
+        self, channel: str, items: list[Item], write: Callable[[], Awaitable[None]], outcomes: Outcomes
     ) -> bool:
+        """Run `write` with retries; if it still fails, give `items` up (dead letters) and say so."""
         try:
-            await self._retry(channel, lambda: self._cache.write(outputs, done, self._idem.done_ttl))
+            await self._retry(channel, write)
         except Exception as exc:
             attempts = self._settings.retry_attempts if is_transient(exc) else 1
             await self._give_up(channel, items, exc, attempts, outcomes)
