@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import importlib.metadata
 import os
 import platform
@@ -17,7 +18,7 @@ import subprocess
 import threading
 import time
 import urllib.request
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import orjson
@@ -108,6 +109,21 @@ def pss_kib(pid: int) -> int:
             if line.startswith("Pss:"):
                 return int(line.split()[1])
     return rss_kib(pid)  # a kernel without smaps_rollup (< 4.14): no better figure
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """No cyclic garbage collection in the bench's own process while a consumer runs. The
+    listener stamps each output as this process's event loop reads it, so a pause here is
+    latency charged to the consumer: in one traced 31-s run at the real pace the bench
+    collected 154 times, 13 of them 0.48-0.97 ms (generation 1) and one 12.0 ms (generation 2).
+    Reference counting still frees everything else; the cycles wait for the end of the run."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 class TreeSampler:

@@ -22,7 +22,15 @@ from pymongo import AsyncMongoClient
 from pymongo.errors import PyMongoError
 from redis.asyncio import Redis
 
-from bench.common import Listener, TreeSampler, machine_header, stop_process, subscriber_counts, wait_subscribed
+from bench.common import (
+    Listener,
+    TreeSampler,
+    collector_paused,
+    machine_header,
+    stop_process,
+    subscriber_counts,
+    wait_subscribed,
+)
 from enricher.embedded import MongoServer, RedisServer, free_port
 from enricher.records import CHANNELS, OPTION_CHAIN, OPTION_QUOTE, UNDERLYING, utc_iso
 from enricher.store import CHAINS, QUOTES, TICKS
@@ -132,7 +140,8 @@ async def consumer(ctx: Context, kind: str) -> AsyncIterator[Consumer]:
     running = Consumer(kind, proc, log, db, port)
     try:
         await wait_subscribed(ctx.redis, CHANNELS, baseline, proc, within=60.0)
-        yield running
+        with collector_paused():
+            yield running
     finally:
         await asyncio.to_thread(stop_process, proc)
         if kind == "persist":
