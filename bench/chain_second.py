@@ -8,13 +8,15 @@ the bench's send stamps and the listener's arrivals.
 
 It runs one consumer of bench.throughput's real-rate mode (`paced.run_one`) with bench/tracing
 first on the daemon's PYTHONPATH: its sitecustomize wraps `Pipeline.handle` and the steps of a
-batch (parse, claim, model, state, write; and the surface writes), and writes every batch's
+batch (parse, claim, model, state, write; and the surface writes, and the daemon's garbage
+collections), and writes every batch's
 channel, size, first and last arrival, start and end, and every step's start and end, when the
 daemon exits (see there). All of them, the send stamps and the arrivals are
 `time.perf_counter()`, one monotonic clock for every process on Linux. For each feed second
 that carried chains it prints, in ms after that second was sent, the batches the daemon ran
-then (with --steps, their steps) and when the listener had the chains. The wrappers add two
-clock reads and a tuple per call; nothing else changes.
+then (with --steps, their steps and any collection) and when the listener had the chains, and
+at the end how many collections the run had. The wrappers add two clock reads and a tuple per
+call; nothing else changes.
 """
 
 from __future__ import annotations
@@ -96,12 +98,18 @@ def report(result: paced.PacedResult, batches: list[Batch], steps: list[Step], *
             lines += [
                 (begun, f"    {step:12s}{'':31}{ms(begun - sent)} -> {ms(ended - sent)}", [])
                 for ident, step, begun, ended in by_batch.get(-1, [])
-                if step == "surfaces" and WINDOW[0] <= begun - sent <= WINDOW[1]
+                if (step == "surfaces" or step.startswith("gc")) and WINDOW[0] <= begun - sent <= WINDOW[1]
             ]
         for _, line, inner in sorted(lines, key=lambda line: line[0]):
             print(line)
             for text in inner if show_steps else []:
                 print(text)
+    collections = [step for step in steps if step[1].startswith("gc") and step[2] >= result.started]
+    longest = max((ended - begun for _, _, begun, ended in collections), default=0.0)
+    print(
+        f"the daemon collected garbage {len(collections)} times while the feed ran "
+        f"({', '.join(sorted({step[1] for step in collections})) or '-'}); the longest took {ms(longest)} ms"
+    )
     if not batches:
         print("no batches were traced: is bench/tracing/sitecustomize.py shadowed by another sitecustomize?")
 

@@ -3,7 +3,8 @@ puts it there for the daemon only): when BENCH_TRACE_OUT is set, it records each
 `Pipeline.handle` call of the process (channel, start, end, messages, first and last arrival,
 all in time.perf_counter(), the system-wide monotonic clock the bench stamps with too, and an
 id) and each step inside one (parse, claim, model, state, write; and the surface writes, which
-run outside any batch), and writes them as JSON to BENCH_TRACE_OUT.<pid> at exit. Nothing
+run outside any batch), and each cyclic garbage collection (as a step "gc0", "gc1" or "gc2", in
+the batch it interrupted, if any), and writes them as JSON to BENCH_TRACE_OUT.<pid> at exit. Nothing
 else changes; without the variable it does nothing."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import atexit
 import contextvars
 import functools
+import gc
 import importlib
 import inspect
 import itertools
@@ -88,6 +90,15 @@ def _install(out: str) -> None:
             with open(f"{out}.{os.getpid()}", "w", encoding="utf-8") as file:
                 json.dump({"batches": rows, "steps": steps}, file)
 
+    collecting = [0.0]
+
+    def collected(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            collecting[0] = time.perf_counter()
+        else:
+            steps.append((batch.get(), f"gc{info['generation']}", collecting[0], time.perf_counter()))
+
+    gc.callbacks.append(collected)
     setattr(Pipeline, "handle", traced)  # noqa: B010  # mypy: assigning to a method
     atexit.register(dump)
 
