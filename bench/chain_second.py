@@ -8,10 +8,9 @@ the bench's send stamps and the listener's arrivals.
 
 It runs one consumer of bench.throughput's real-rate mode (`paced.run_one`) with bench/tracing
 first on the daemon's PYTHONPATH: its sitecustomize wraps `Pipeline.handle` and the steps of a
-batch (parse, claim, model, state, write; and the surface writes, and the daemon's garbage
-collections), and writes every batch's
-channel, size, first and last arrival, start and end, and every step's start and end, when the
-daemon exits (see there). All of them, the send stamps and the arrivals are
+batch (parse, claim, model, state, write; and the surface writes), records the daemon's garbage
+collections, and writes every batch's channel, size, first and last arrival, start and end, and
+every step's start and end, when the daemon exits (see there). All of them, the send stamps and the arrivals are
 `time.perf_counter()`, one monotonic clock for every process on Linux. For each feed second
 that carried chains it prints, in ms after that second was sent, the batches the daemon ran
 then (with --steps, their steps and any collection) and when the listener had the chains, and

@@ -4,8 +4,8 @@ puts it there for the daemon only): when BENCH_TRACE_OUT is set, it records each
 all in time.perf_counter(), the system-wide monotonic clock the bench stamps with too, and an
 id) and each step inside one (parse, claim, model, state, write; and the surface writes, which
 run outside any batch), and each cyclic garbage collection (as a step "gc0", "gc1" or "gc2", in
-the batch it interrupted, if any), and writes them as JSON to BENCH_TRACE_OUT.<pid> at exit. Nothing
-else changes; without the variable it does nothing."""
+the batch it interrupted, if any), and writes them as JSON to BENCH_TRACE_OUT.<pid> at exit.
+Nothing else changes; without the variable it does nothing."""
 
 from __future__ import annotations
 
