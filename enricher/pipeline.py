@@ -123,14 +123,13 @@ class Pipeline:
     ) -> list[Item]:
         """Parse and claim (or, with `claim` false, only drop a batch's second copies): the
         part that may overlap with other batches."""
-        unique = self._unique(channel, self._parse(channel, batch, outcomes), outcomes)
+        items = self._unique(channel, self._parse(channel, batch, outcomes), outcomes)
         if not claim:
-            return [(record, raw, key) for key, (record, raw) in unique.items()]
+            return items
         try:
-            return await self._claim(channel, unique, outcomes)
+            return await self._claim(channel, items, outcomes)
         except Exception as exc:  # Redis stayed down through every retry
-            unclaimed = [(record, raw, "") for record, raw in unique.values()]
-            await self._give_up(channel, unclaimed, exc, self._settings.retry_attempts, outcomes)
+            await self._give_up(channel, _unclaimed(items), exc, self._settings.retry_attempts, outcomes)
             return []
 
     async def write_surfaces(self) -> None:
@@ -213,28 +212,23 @@ class Pipeline:
             parsed.append((record, raw))
         return parsed
 
-    def _unique(
-        self, channel: str, parsed: list[tuple[Record, RawMessage]], outcomes: Outcomes
-    ) -> dict[str, tuple[Record, RawMessage]]:
-        """Each message by its idempotency key; a second copy in the batch is a duplicate."""
+    def _unique(self, channel: str, parsed: list[tuple[Record, RawMessage]], outcomes: Outcomes) -> list[Item]:
+        """Each message with its idempotency key; a second copy in the batch is a duplicate."""
         kind = KIND[channel]
-        unique: dict[str, tuple[Record, RawMessage]] = {}
+        unique: dict[str, Item] = {}
         for record, raw in parsed:
             key = mark_key(kind, record.identity)
             if key in unique:
                 self._duplicate(channel, record, raw, outcomes)  # the same message twice in one batch
                 settle(raw)  # its twin carries the same payload to a result or a dead letter
             else:
-                unique[key] = (record, raw)
-        return unique
+                unique[key] = (record, raw, key)
+        return list(unique.values())
 
-    async def _claim(
-        self, channel: str, unique: dict[str, tuple[Record, RawMessage]], outcomes: Outcomes
-    ) -> list[Item]:
-        if not unique:
+    async def _claim(self, channel: str, items: list[Item], outcomes: Outcomes) -> list[Item]:
+        if not items:
             return []
-        claims = await self._retry(channel, lambda: self._idem.claim(list(unique)))
-        items = [(record, raw, key) for key, (record, raw) in unique.items()]
+        claims = await self._retry(channel, lambda: self._idem.claim([key for _, _, key in items]))
         return self._claimed(channel, items, claims, outcomes)
 
     def _claimed(self, channel: str, items: list[Item], claims: list[Claim], outcomes: Outcomes) -> list[Item]:
