@@ -103,6 +103,13 @@ def report(result: paced.PacedResult, batches: list[Batch], steps: list[Step], *
             print(line)
             for text in inner if show_steps else []:
                 print(text)
+    latencies = sorted(at - sent for sent, arrivals in chain_seconds(result) for at in arrivals)
+    if latencies:
+        middle, tail = latencies[len(latencies) // 2], latencies[min(len(latencies) - 1, int(0.9 * len(latencies)))]
+        print(
+            f"the {len(latencies)} chains reached the listener at a median {ms(middle)} ms, "
+            f"90th percentile {ms(tail)}, max {ms(latencies[-1])}"
+        )
     collections = [step for step in steps if step[1].startswith("gc") and step[2] >= result.started]
     longest = max((ended - begun for _, _, begun, ended in collections), default=0.0)
     print(

@@ -39,6 +39,7 @@ COLLECTION_OF = {UNDERLYING: TICKS, OPTION_QUOTE: QUOTES, OPTION_CHAIN: CHAINS}
 
 COLLECTIONS = (TICKS, QUOTES, CHAINS)
 BARE = Path(__file__).with_name("bare.py")
+REFERENCES = ("bare", "floor")  # bench/bare.py, without and with --analytics
 
 
 @contextlib.asynccontextmanager
@@ -111,15 +112,16 @@ class Consumer:
 
 @contextlib.asynccontextmanager
 async def consumer(ctx: Context, kind: str) -> AsyncIterator[Consumer]:
-    """A fresh consumer ('bare', 'persist' or 'nopersist') on a flushed Redis, subscribed, stopped after."""
+    """A fresh consumer ('bare', 'floor', 'persist' or 'nopersist') on a flushed Redis, subscribed, stopped after."""
     await ctx.redis.flushall()  # enricher's duplicate marks and latest:* stamps from earlier runs
     baseline = await subscriber_counts(ctx.redis, CHANNELS)
     number = next(ctx.serial)
     log = ctx.logs / f"{number:02d}-{kind}.log"
     db: str | None = None
     port: int | None = None
-    if kind == "bare":
+    if kind in REFERENCES:
         command, env = [sys.executable, str(BARE), ctx.redis_server.url], dict(os.environ)
+        command += ["--analytics"] if kind == "floor" else []
     else:
         command = [sys.executable, "-m", "enricher", "run"]
         env = {k: v for k, v in os.environ.items() if not k.startswith("ENRICHER_")}

@@ -28,8 +28,8 @@ from enricher.feed.synthetic import Message, SyntheticFeed
 from enricher.records import OPTION_CHAIN, OPTION_QUOTE, UNDERLYING
 from enricher.store import CHAINS, QUOTES, TICKS
 
-KINDS = ("bare", "persist", "nopersist")
-NAMES = {"bare": "bare", "persist": "enricher", "nopersist": "no-persist"}
+KINDS = ("bare", "floor", "persist", "nopersist")
+NAMES = {"bare": "bare", "floor": "floor", "persist": "enricher", "nopersist": "no-persist"}
 
 
 class StampedFeed(SyntheticFeed):
@@ -109,7 +109,7 @@ async def run_one(ctx: harness.Context, kind: str, rate: float, duration: float)
         if ctx.listener.failed:
             result.notes.append(f"the listener lost its connection: {ctx.listener.failed}")
     logged = running.log_lines()
-    if kind != "bare" and logged:
+    if kind not in harness.REFERENCES and logged:
         result.notes.append(f"enricher logged {len(logged)} lines at warning+; last: {logged[-1][:300]}")
     return result
 

@@ -47,6 +47,7 @@ from enricher.store import CHAINS, QUOTES, TICKS
 
 SCENARIOS = {
     "bare": "1 bare",
+    "floor": "1b floor (bare + chain analytics)",
     "mongo": "2 mongo ceiling",
     "mongo3": "2b mongo 3 at once",
     "persist": "3 enricher",
@@ -109,7 +110,7 @@ async def run_consumer(ctx: harness.Context, kind: str, load: Workload, pipeline
             expected = harness.Expected(
                 docs=load.counts if kind == "persist" else None,
                 last_ids=load.last_ids,
-                last_quotes=load.last_quotes if kind != "bare" else None,
+                last_quotes=load.last_quotes if kind not in harness.REFERENCES else None,
             )
             done = await harness.wait_done(ctx, running, expected)
             result.cpu = tree.cpu_since_mark()
@@ -133,11 +134,11 @@ async def run_consumer(ctx: harness.Context, kind: str, load: Workload, pipeline
                 result.notes.append(
                     "docs " + ", ".join(f"{n}={done.docs.get(n, 0)}/{load.counts[n]}" for n in harness.COLLECTIONS)
                 )
-        if kind != "bare":
+        if kind not in harness.REFERENCES:
             result.cache = f"{done.cache_missing} stale" if done.cache_at is None else f"{done.cache_at - start:.2f}"
         await _notes(ctx, result, running, done, unmatched)
     logged = running.log_lines()  # complete now that the consumer has stopped
-    if kind != "bare" and logged:
+    if kind not in harness.REFERENCES and logged:
         result.notes.append(f"enricher logged {len(logged)} lines at warning+; last: {logged[-1][:300]}")
     return result
 
@@ -214,7 +215,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--chains", type=int, default=250)
     parser.add_argument("--strikes", type=int, default=21)
     parser.add_argument("--big", action="store_true", help="also run every scenario with 200-strike chains")
-    parser.add_argument("--scenario", nargs="+", choices=list(SCENARIOS), default=list(SCENARIOS))
+    parser.add_argument(
+        "--scenario", nargs="+", choices=list(SCENARIOS), help="default: all but floor for bursts, all for --rate"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeat", type=int, default=3, help="runs per scenario; the median is shown")
     parser.add_argument("--pipeline", type=int, default=200, help="publishes per pipeline (one time stamp)")
@@ -229,7 +232,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="extra environment for enricher, e.g. ENRICHER_POOL_WORKERS=0",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.scenario is None:
+        args.scenario = [kind for kind in SCENARIOS if args.rate or kind != "floor"]
+    return args
 
 
 if __name__ == "__main__":
