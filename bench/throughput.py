@@ -5,10 +5,12 @@
     .venv/bin/python -m bench.throughput --rate 1 10      # real feed pace and 10x, 30 s each
     .venv/bin/python -m bench.throughput --scenario persist --env ENRICHER_POOL_WORKERS=0
 
-Scenarios: bare (bench/bare.py, the ceiling of a Python pub/sub consumer); mongo and mongo3
-(unordered insert_many of the burst's documents from this process, one insert at a time, or
-one per collection at once as enricher's store does); persist and nopersist (`python -m
-enricher run`, ENRICHER_PERSIST true/false). All share one private Redis and one SecantusDB
+Scenarios: bare (bench/bare.py, the ceiling of a Python pub/sub consumer); floor (bench/bare.py
+--analytics: the same consumer doing enricher's own chain work inline, and nothing else; in the
+real-rate mode by default, in bursts only when named); mongo and mongo3 (unordered insert_many
+of the burst's documents from this process, one insert at a time, or one per collection at
+once as enricher's store does); persist and nopersist (`python -m enricher run`,
+ENRICHER_PERSIST true/false). All share one private Redis and one SecantusDB
 (:memory:), stopped however the run ends; Redis is flushed before each consumer starts.
 
 A burst is generated before the clock starts and published in pipelines, each stamped as
