@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench import harness, paced
-from bench.common import output_key
+from bench.common import output_key, percentile
 from enricher.cache import ENRICHED_CHAIN
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,8 +104,8 @@ def report(result: paced.PacedResult, batches: list[Batch], steps: list[Step], *
             for text in inner if show_steps else []:
                 print(text)
     latencies = sorted(at - sent for sent, arrivals in chain_seconds(result) for at in arrivals)
-    if latencies:
-        middle, tail = latencies[len(latencies) // 2], latencies[min(len(latencies) - 1, int(0.9 * len(latencies)))]
+    middle, tail = percentile(latencies, 0.5), percentile(latencies, 0.9)
+    if middle is not None and tail is not None:
         print(
             f"the {len(latencies)} chains reached the listener at a median {ms(middle)} ms, "
             f"90th percentile {ms(tail)}, max {ms(latencies[-1])}"
