@@ -45,12 +45,12 @@ def enriched_chains() -> Reply:
     from datetime import UTC, datetime  # noqa: PLC0415  # only the floor loads enricher's kernels
 
     from enricher.analytics.jobs import chain_job  # noqa: PLC0415
-    from enricher.feed.synthetic import SyntheticFeed  # noqa: PLC0415
     from enricher.messages import parse  # noqa: PLC0415
     from enricher.metrics import Metrics  # noqa: PLC0415
     from enricher.records import Chain  # noqa: PLC0415
     from enricher.settings import Settings  # noqa: PLC0415
     from enricher.state import MarketState  # noqa: PLC0415
+    from enricher.warmup import warm_up  # noqa: PLC0415
 
     settings = replace(Settings(), persist=False)
     state = MarketState(settings, Metrics())
@@ -65,11 +65,7 @@ def enriched_chains() -> Reply:
         applied = state.chains(items, results, datetime.now(UTC))  # type: ignore[arg-type]
         return [data for _, data in applied.outputs.publishes]
 
-    # Warm, as the daemon does before it subscribes (ENRICHER_WARM_UP), then start afresh.
-    feed = SyntheticFeed(seed=1)
-    for _ in range(3):
-        reply([data for product in feed.products for _, data in feed.chain(product)])
-    state = MarketState(settings, Metrics())
+    warm_up(settings, settings.warm_up)  # as the daemon does before it subscribes
     return reply
 
 
